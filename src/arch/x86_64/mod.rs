@@ -1,7 +1,12 @@
 //! x86_64: boot-time CPU state, firmware tables, debug registers and page-table walks.
 
 pub mod acpi;
+pub mod assist;
+pub mod boot;
+pub mod cpu;
 pub mod debugreg;
 pub mod gdb;
+pub mod layout;
 pub mod mptable;
 pub mod paging;
+pub mod probe;

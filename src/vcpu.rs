@@ -1,0 +1,271 @@
+//! One thread per vCPU. The thread owns its `VcpuFd`; everyone else talks to it through a
+//! `VcpuControl` channel and a kick (a signal that makes KVM_RUN return), so vCPU state is
+//! only ever touched by its own thread, and only while the vCPU is not running.
+
+use std::cell::Cell;
+use std::ptr::null_mut;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::thread::{self, JoinHandle};
+
+use kvm_bindings::kvm_run;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use log::{debug, error, warn};
+use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
+
+use crate::arch::assist;
+use crate::devices::PioBus;
+use crate::memory::GuestMem;
+use crate::vmm::VmEvent;
+
+/// Requests a vCPU thread serves between runs.
+#[derive(Debug)]
+pub enum VcpuControl {
+    /// Stop running the guest until `Resume`.
+    Pause,
+    Resume,
+    /// Leave the thread.
+    Exit,
+}
+
+/// Why a vCPU stopped for good, as reported to the VMM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VcpuFault {
+    /// KVM_EXIT_SHUTDOWN: a triple fault, the guest's CPU reset.
+    TripleFault,
+    /// An exit minivmm cannot continue from; the text says what happened and where.
+    Crashed(String),
+}
+
+/// The signal that kicks a vCPU thread out of KVM_RUN.
+fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+thread_local! {
+    /// This thread's kvm_run page, for the kick handler.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(null_mut()) };
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Setting immediate_exit closes the race where the kick lands just before KVM_RUN: the
+    // next KVM_RUN returns at once instead of sleeping in a halted guest.
+    let run = KVM_RUN.with(|p| p.get());
+    if !run.is_null() {
+        // SAFETY: the pointer is this thread's kvm_run mapping, set while its VcpuFd lives
+        // and cleared before it is dropped; a byte store is async-signal-safe.
+        unsafe { (*run).immediate_exit = 1 };
+    }
+}
+
+/// Installs the kick handler; once per process, before any vCPU thread starts.
+pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
+    register_signal_handler(kick_signal(), kick_handler)
+}
+
+/// What the rest of the VMM holds for each vCPU.
+pub struct VcpuHandle {
+    pub index: usize,
+    control: Sender<VcpuControl>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl VcpuHandle {
+    /// Sends a request and kicks the thread so it is served promptly.
+    pub fn send(&self, msg: VcpuControl) {
+        if self.control.send(msg).is_ok() {
+            self.kick();
+        }
+    }
+
+    fn kick(&self) {
+        if let Some(t) = &self.thread {
+            if let Err(e) = t.kill(kick_signal()) {
+                debug!("vCPU {}: kick failed: {e}", self.index);
+            }
+        }
+    }
+
+    /// Waits for the thread to end.
+    pub fn join(&mut self) {
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                error!("vCPU {} thread panicked", self.index);
+            }
+        }
+    }
+}
+
+/// Everything a vCPU thread needs.
+pub struct Vcpu {
+    pub index: usize,
+    pub fd: VcpuFd,
+    pub pio: PioBus,
+    pub mem: GuestMem,
+    pub events: Sender<VmEvent>,
+}
+
+/// What the loop does after an exit.
+enum Next {
+    Continue,
+    Stop(VcpuFault),
+}
+
+impl Vcpu {
+    /// Starts the thread. `paused` keeps it from running the guest until `Resume`.
+    pub fn spawn(self, paused: bool) -> std::io::Result<VcpuHandle> {
+        let (tx, rx) = channel();
+        let index = self.index;
+        let thread = thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || self.thread_main(rx, paused))?;
+        Ok(VcpuHandle {
+            index,
+            control: tx,
+            thread: Some(thread),
+        })
+    }
+
+    fn thread_main(mut self, control: Receiver<VcpuControl>, mut paused: bool) {
+        KVM_RUN.with(|p| p.set(self.fd.get_kvm_run() as *mut kvm_run));
+        self.run_loop(&control, &mut paused);
+        KVM_RUN.with(|p| p.set(null_mut()));
+    }
+
+    fn run_loop(&mut self, control: &Receiver<VcpuControl>, paused: &mut bool) {
+        loop {
+            // Serve what arrived; while paused, wait for the next request instead of running.
+            let msg = if *paused {
+                match control.recv() {
+                    Ok(m) => Some(m),
+                    Err(_) => return,
+                }
+            } else {
+                match control.try_recv() {
+                    Ok(m) => Some(m),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            };
+            if let Some(msg) = msg {
+                match msg {
+                    VcpuControl::Pause => {
+                        if !*paused {
+                            self.complete_pending_exit();
+                            *paused = true;
+                        }
+                    }
+                    VcpuControl::Resume => *paused = false,
+                    VcpuControl::Exit => return,
+                }
+                continue;
+            }
+            match self.run_once() {
+                Next::Continue => {}
+                Next::Stop(fault) => {
+                    let _ = self.events.send(VmEvent::VcpuStopped {
+                        cpu: self.index,
+                        fault,
+                    });
+                    // Stay around (paused) so the VMM can still ask for an orderly exit.
+                    *paused = true;
+                }
+            }
+        }
+    }
+
+    /// Lets KVM finish an I/O or MMIO exit we already answered, so the registers a debugger
+    /// reads next are the ones after the instruction.
+    fn complete_pending_exit(&mut self) {
+        self.fd.set_kvm_immediate_exit(1);
+        let _ = self.fd.run();
+        self.fd.set_kvm_immediate_exit(0);
+    }
+
+    fn run_once(&mut self) -> Next {
+        let exit = match self.fd.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                self.fd.set_kvm_immediate_exit(0);
+                return Next::Continue;
+            }
+            Err(e) => {
+                return Next::Stop(VcpuFault::Crashed(format!("KVM_RUN failed: {e}")));
+            }
+        };
+        match exit {
+            VcpuExit::IoIn(port, data) => {
+                if self.pio.read(port, data).is_err() {
+                    debug!("vCPU {}: in from unclaimed port {port:#x}", self.index);
+                }
+                Next::Continue
+            }
+            VcpuExit::IoOut(port, data) => {
+                if self.pio.write(port, data).is_err() {
+                    debug!(
+                        "vCPU {}: out {data:x?} to unclaimed port {port:#x}",
+                        self.index
+                    );
+                }
+                Next::Continue
+            }
+            VcpuExit::MmioRead(addr, data) => {
+                debug!("vCPU {}: read of unclaimed MMIO {addr:#x}", self.index);
+                data.fill(0xff);
+                Next::Continue
+            }
+            VcpuExit::MmioWrite(addr, _) => {
+                debug!("vCPU {}: write to unclaimed MMIO {addr:#x}", self.index);
+                Next::Continue
+            }
+            VcpuExit::Shutdown => Next::Stop(VcpuFault::TripleFault),
+            VcpuExit::Hlt => {
+                // Only without an in-kernel irqchip; treat a halt as "nothing left to run".
+                Next::Stop(VcpuFault::Crashed(
+                    "the guest halted with no way to wake up".into(),
+                ))
+            }
+            VcpuExit::FailEntry(reason, cpu) => Next::Stop(VcpuFault::Crashed(format!(
+                "KVM could not enter the guest (hardware entry failure reason {reason:#x} on host CPU {cpu})\n{}",
+                assist::describe_state(&self.fd, &self.mem)
+            ))),
+            VcpuExit::InternalError => self.internal_error(),
+            VcpuExit::Intr => Next::Continue,
+            other => {
+                let what = format!("{other:?}");
+                warn!("vCPU {}: unexpected exit {what}", self.index);
+                Next::Stop(VcpuFault::Crashed(format!("unexpected KVM exit {what}")))
+            }
+        }
+    }
+
+    fn internal_error(&mut self) -> Next {
+        // SAFETY: after KVM_EXIT_INTERNAL_ERROR the `internal` member of the exit union is
+        // the one KVM filled in.
+        let (suberror, ndata) = unsafe {
+            let internal = &self.fd.get_kvm_run().__bindgen_anon_1.internal;
+            (internal.suberror, internal.ndata)
+        };
+        if suberror == assist::SUBERROR_EMULATION {
+            let (_, bytes) = assist::insn_bytes(&self.fd, &self.mem);
+            if assist::is_int3(&bytes) {
+                // Only a host that emulates guest code gets here: deliver the #BP the guest
+                // would have taken on hardware.
+                return match assist::inject_breakpoint(&self.fd) {
+                    Ok(()) => Next::Continue,
+                    Err(e) => Next::Stop(VcpuFault::Crashed(format!("could not inject #BP: {e}"))),
+                };
+            }
+        }
+        let what = match suberror {
+            assist::SUBERROR_EMULATION => "instruction emulation failed".to_string(),
+            2 => "a simultaneous exception (double fault while delivering an event)".to_string(),
+            3 => "an exit during event delivery".to_string(),
+            n => format!("suberror {n}, {ndata} data words"),
+        };
+        Next::Stop(VcpuFault::Crashed(format!(
+            "KVM internal error on vCPU {}: {what}\n{}",
+            self.index,
+            assist::describe_state(&self.fd, &self.mem)
+        )))
+    }
+}

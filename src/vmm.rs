@@ -1,0 +1,340 @@
+//! The VM as a whole: builds memory, devices and vCPUs from a `VmConfig`, then runs the
+//! control loop that reacts to guest resets, vCPU faults and signals.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use kvm_bindings::{KVM_API_VERSION, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use log::{debug, info};
+use thiserror::Error;
+use vm_superio::Trigger;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::boot::{self, BootEntry};
+use crate::arch::cpu::{self, CpuidFilter};
+use crate::arch::probe::{HostQuirks, probe_host};
+use crate::arch::{acpi, mptable};
+use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
+use crate::devices::serial::{
+    COM1_BASE, COM1_IRQ, COM1_LEN, InputEvent, IrqTrigger, Serial, spawn_input_thread,
+};
+use crate::devices::{PioBus, PioDevice};
+use crate::loader::{self, BootSpec};
+use crate::memory::{self, GuestMem};
+use crate::terminal::RawTerminal;
+use crate::vcpu::{self, Vcpu, VcpuControl, VcpuFault, VcpuHandle};
+
+/// What the user asked for.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub mem_mib: u64,
+    pub cpus: u32,
+}
+
+#[derive(Debug, Error)]
+pub enum VmError {
+    #[error(
+        "cannot open /dev/kvm ({0}): is KVM enabled and may this user read and write /dev/kvm?"
+    )]
+    OpenKvm(kvm_ioctls::Error),
+    #[error("/dev/kvm speaks KVM API version {0}, minivmm needs version {KVM_API_VERSION}")]
+    KvmVersion(i32),
+    #[error("--cpus {asked}: give between 1 and {max} (this host's KVM allows {max})")]
+    BadCpuCount { asked: u32, max: u32 },
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    #[error(transparent)]
+    Loader(#[from] loader::LoaderError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Cpu(#[from] cpu::CpuError),
+    #[error("MP table: {0}")]
+    Mptable(#[from] mptable::MptableError),
+    #[error("ACPI tables: {0}")]
+    Acpi(#[from] acpi::AcpiError),
+    #[error("{what} failed: {source}")]
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(std::io::Error),
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// Messages to the control loop.
+#[derive(Debug)]
+pub enum VmEvent {
+    /// The guest pulsed the reset line: a reboot, which ends minivmm successfully.
+    GuestReset,
+    /// A vCPU cannot go on.
+    VcpuStopped { cpu: usize, fault: VcpuFault },
+    /// SIGINT or SIGTERM.
+    Signal(i32),
+    /// Ctrl-A x on the console.
+    UserQuit,
+}
+
+/// How the VM ended; main turns it into an exit status.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Reset,
+    TripleFault { cpu: usize },
+    Crashed { cpu: usize, report: String },
+    Signal(i32),
+    UserQuit,
+}
+
+/// Sends a fixed event when triggered (the i8042 reset line).
+struct EventTrigger {
+    events: Mutex<Sender<VmEvent>>,
+}
+
+impl Trigger for EventTrigger {
+    type E = std::io::Error;
+    fn trigger(&self) -> std::io::Result<()> {
+        let tx = crate::devices::lock(&self.events);
+        tx.send(VmEvent::GuestReset)
+            .map_err(|_| std::io::Error::other("VMM control loop is gone"))
+    }
+}
+
+/// Where the guest's ISA interrupts, timers and APICs live: KVM's in-kernel models.
+fn create_vm(kvm: &Kvm, mem: &GuestMem) -> Result<VmFd, VmError> {
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    // Intel VMX needs a 3-page TSS area for real-mode emulation; put it out of RAM's way.
+    vm.set_tss_address(0xfffb_d000)
+        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    memory::register_guest_memory(&vm, mem)?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    Ok(vm)
+}
+
+fn setup_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    config: &VmConfig,
+    quirks: &HostQuirks,
+    entry: &BootEntry,
+) -> Result<Vec<VcpuFd>, VmError> {
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let filter = CpuidFilter {
+        hide_unemulated: quirks.emulates_guest_code,
+    };
+    let mut vcpus = Vec::with_capacity(config.cpus as usize);
+    for index in 0..config.cpus {
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        let cpuid = cpu::vcpu_cpuid(&supported, index, config.cpus, filter)?;
+        cpu::setup_vcpu(&fd, &cpuid)?;
+        fd.set_fpu(&boot::boot_fpu())
+            .map_err(kvm_err("KVM_SET_FPU"))?;
+        // Application processors keep their reset state and wait for INIT/SIPI in KVM.
+        if index == 0 {
+            let sregs = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+            fd.set_sregs(&boot::boot_sregs(sregs, entry))
+                .map_err(kvm_err("KVM_SET_SREGS"))?;
+            fd.set_regs(&boot::boot_regs(entry))
+                .map_err(kvm_err("KVM_SET_REGS"))?;
+        }
+        vcpus.push(fd);
+    }
+    Ok(vcpus)
+}
+
+fn open_kvm(config: &VmConfig) -> Result<Kvm, VmError> {
+    let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+    let version = kvm.get_api_version();
+    if version != KVM_API_VERSION as i32 {
+        return Err(VmError::KvmVersion(version));
+    }
+    // x86 APIC IDs are 8 bits and 0xff is broadcast.
+    let max = kvm.get_max_vcpus().min(254) as u32;
+    if config.cpus == 0 || config.cpus > max {
+        return Err(VmError::BadCpuCount {
+            asked: config.cpus,
+            max,
+        });
+    }
+    Ok(kvm)
+}
+
+/// Blocks SIGINT/SIGTERM in this thread (and so in every thread it starts) and turns them
+/// into control-loop events on a thread of their own, so no signal handler needs to be
+/// async-signal-safe beyond the vCPU kick.
+fn forward_signals(events: Sender<VmEvent>) -> Result<(), VmError> {
+    // SAFETY: plain sigset manipulation on a local, then a mask change for this thread.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            loop {
+                let mut sig = 0;
+                // SAFETY: waits for one of the blocked signals in `set`.
+                if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                    return;
+                }
+                if events.send(VmEvent::Signal(sig)).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(VmError::Thread)?;
+    Ok(())
+}
+
+/// Builds the VM and runs it until it ends.
+pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
+    let kvm = open_kvm(config)?;
+    let ranges = memory::ram_ranges(config.mem_mib)?;
+    let mem = memory::create_guest_memory(config.mem_mib)?;
+    let vm = create_vm(&kvm, &mem)?;
+
+    boot::write_boot_tables(&mem)?;
+    let cpus = config.cpus as u8;
+    mptable::setup_mptable(&mem, cpus)?;
+    let rsdp = acpi::setup_acpi(&mem, cpus)?;
+    let e820 = memory::e820_map(&ranges);
+    let spec = BootSpec {
+        kernel: &config.kernel,
+        initrd: config.initrd.as_deref(),
+        cmdline: &config.cmdline,
+        low_ram_end: memory::low_ram_end(config.mem_mib),
+        e820: &e820,
+        acpi_rsdp: Some(rsdp.0),
+    };
+    let kernel = loader::load(&mem, &spec)?;
+    debug!(
+        "loaded {:?} kernel, entry {:?}",
+        kernel.format, kernel.entry
+    );
+
+    let quirks = probe_host(&kvm);
+    if quirks.emulates_guest_code {
+        info!(
+            "this host's KVM emulates guest code: hiding CMPXCHG16B/XSAVE/AVX in CPUID and turning int3 emulation failures into #BP"
+        );
+    }
+    let vcpu_fds = setup_vcpus(&kvm, &vm, config, &quirks, &kernel.entry)?;
+
+    let (events_tx, events_rx) = channel();
+    forward_signals(events_tx.clone())?;
+
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
+    vm.register_irqfd(&serial_irq, COM1_IRQ)
+        .map_err(kvm_err("KVM_IRQFD"))?;
+    let serial = Arc::new(Mutex::new(Serial::new(
+        IrqTrigger(serial_irq),
+        Box::new(std::io::stdout()),
+    )));
+    let reset = EventTrigger {
+        events: Mutex::new(events_tx.clone()),
+    };
+    let i8042: Arc<Mutex<dyn PioDevice>> = Arc::new(Mutex::new(I8042::new(reset)));
+    let pio = PioBus::new(vec![
+        (
+            COM1_BASE,
+            COM1_LEN,
+            serial.clone() as Arc<Mutex<dyn PioDevice>>,
+        ),
+        (I8042_BASE, I8042_LEN, i8042),
+    ]);
+
+    let terminal = RawTerminal::enter();
+    let quit_tx = Mutex::new(events_tx.clone());
+    spawn_input_thread(
+        serial,
+        Box::new(std::io::stdin()),
+        terminal.is_raw(),
+        move |e| match e {
+            InputEvent::Quit => {
+                let _ = crate::devices::lock(&quit_tx).send(VmEvent::UserQuit);
+            }
+        },
+    )
+    .map_err(VmError::Thread)?;
+
+    vcpu::install_kick_handler().map_err(|e| VmError::Kvm {
+        what: "installing the vCPU kick signal handler",
+        source: e,
+    })?;
+    let mut handles = Vec::with_capacity(vcpu_fds.len());
+    for (index, fd) in vcpu_fds.into_iter().enumerate() {
+        let vcpu = Vcpu {
+            index,
+            fd,
+            pio: pio.clone(),
+            mem: mem.clone(),
+            events: events_tx.clone(),
+        };
+        handles.push(vcpu.spawn(false).map_err(VmError::Thread)?);
+    }
+    drop(events_tx);
+
+    let outcome = control_loop(&events_rx);
+    for h in &handles {
+        h.send(VcpuControl::Exit);
+    }
+    for h in &mut handles {
+        h.join();
+    }
+    drop(terminal);
+    Ok(outcome)
+}
+
+fn control_loop(events: &Receiver<VmEvent>) -> Outcome {
+    loop {
+        let Ok(event) = events.recv() else {
+            return Outcome::Crashed {
+                cpu: 0,
+                report: "every vCPU thread ended unexpectedly".into(),
+            };
+        };
+        debug!("control loop: {event:?}");
+        match event {
+            VmEvent::GuestReset => return Outcome::Reset,
+            VmEvent::VcpuStopped { cpu, fault } => {
+                return match fault {
+                    VcpuFault::TripleFault => Outcome::TripleFault { cpu },
+                    VcpuFault::Crashed(report) => Outcome::Crashed { cpu, report },
+                };
+            }
+            VmEvent::Signal(sig) => return Outcome::Signal(sig),
+            VmEvent::UserQuit => return Outcome::UserQuit,
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn is_send<T: Send>() {}
+    is_send::<VcpuHandle>();
+}
