@@ -3,5 +3,6 @@
 pub mod acpi;
 pub mod debugreg;
 pub mod gdb;
+pub mod layout;
 pub mod mptable;
 pub mod paging;
