@@ -78,19 +78,19 @@ impl VcpuHandle {
     }
 
     fn kick(&self) {
-        if let Some(t) = &self.thread {
-            if let Err(e) = t.kill(kick_signal()) {
-                debug!("vCPU {}: kick failed: {e}", self.index);
-            }
+        if let Some(t) = &self.thread
+            && let Err(e) = t.kill(kick_signal())
+        {
+            debug!("vCPU {}: kick failed: {e}", self.index);
         }
     }
 
     /// Waits for the thread to end.
     pub fn join(&mut self) {
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                error!("vCPU {} thread panicked", self.index);
-            }
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            error!("vCPU {} thread panicked", self.index);
         }
     }
 }

@@ -220,7 +220,15 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
 
     boot::write_boot_tables(&mem)?;
     let cpus = config.cpus as u8;
-    mptable::setup_mptable(&mem, cpus)?;
+    match mptable::setup_mptable(&mem, cpus) {
+        // The MP table only serves kernels without ACPI; the MADT describes every CPU.
+        Err(mptable::MptableError::DoesNotFit { .. }) => {
+            info!(
+                "{cpus} vCPUs do not fit in an MP table below 640 KiB; describing them in ACPI only"
+            )
+        }
+        other => other?,
+    }
     let rsdp = acpi::setup_acpi(&mem, cpus)?;
     let e820 = memory::e820_map(&ranges);
     let spec = BootSpec {

@@ -32,10 +32,10 @@ impl<T: Trigger + Send> PioDevice for I8042<T> {
     }
 
     fn write(&mut self, offset: u16, data: &[u8]) {
-        if let Some(&value) = data.first() {
-            if self.inner.write(offset as u8, value).is_err() {
-                log::error!("i8042: could not deliver the guest's reset request");
-            }
+        if let Some(&value) = data.first()
+            && self.inner.write(offset as u8, value).is_err()
+        {
+            log::error!("i8042: could not deliver the guest's reset request");
         }
     }
 }

@@ -14,8 +14,11 @@ pub trait PioDevice: Send {
 struct PioRange {
     base: u16,
     len: u16,
-    device: Arc<Mutex<dyn PioDevice>>,
+    device: SharedPioDevice,
 }
+
+/// A device shared between vCPU threads.
+pub type SharedPioDevice = Arc<Mutex<dyn PioDevice>>;
 
 /// Ports mapped to devices, so the vCPU loop never names a port number.
 #[derive(Default, Clone)]
@@ -29,7 +32,7 @@ pub struct Unclaimed;
 
 impl PioBus {
     /// Builds the bus from (base, length, device) triples. Ranges must not overlap.
-    pub fn new(devices: Vec<(u16, u16, Arc<Mutex<dyn PioDevice>>)>) -> Self {
+    pub fn new(devices: Vec<(u16, u16, SharedPioDevice)>) -> Self {
         let mut ranges: Vec<PioRange> = devices
             .into_iter()
             .map(|(base, len, device)| PioRange { base, len, device })

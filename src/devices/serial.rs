@@ -77,6 +77,37 @@ impl PioDevice for Serial {
 /// Ctrl-A, as in QEMU: Ctrl-A x quits, Ctrl-A Ctrl-A sends one Ctrl-A.
 const ESCAPE: u8 = 0x01;
 
+/// Strips the Ctrl-A escape sequences out of console input.
+struct EscapeFilter {
+    enabled: bool,
+    pending: bool,
+}
+
+impl EscapeFilter {
+    /// The bytes for the guest, and whether the quit sequence was typed (input after it is
+    /// dropped).
+    fn filter(&mut self, input: &[u8]) -> (Vec<u8>, bool) {
+        if !self.enabled {
+            return (input.to_vec(), false);
+        }
+        let mut out = Vec::with_capacity(input.len());
+        for &b in input {
+            if self.pending {
+                self.pending = false;
+                if b == b'x' || b == b'X' {
+                    return (out, true);
+                }
+                out.push(b);
+            } else if b == ESCAPE {
+                self.pending = true;
+            } else {
+                out.push(b);
+            }
+        }
+        (out, false)
+    }
+}
+
 /// What the input thread saw that the VMM must act on.
 pub enum InputEvent {
     /// The user typed the quit sequence on a terminal.
@@ -95,7 +126,10 @@ pub fn spawn_input_thread(
         .name("serial-in".into())
         .spawn(move || {
             let mut buf = [0u8; 64];
-            let mut pending_escape = false;
+            let mut escapes = EscapeFilter {
+                enabled: escapes,
+                pending: false,
+            };
             loop {
                 let n = match input.read(&mut buf) {
                     Ok(0) => return,
@@ -106,24 +140,7 @@ pub fn spawn_input_thread(
                         return;
                     }
                 };
-                let mut bytes = Vec::with_capacity(n);
-                for &b in &buf[..n] {
-                    if escapes && pending_escape {
-                        pending_escape = false;
-                        match b {
-                            b'x' | b'X' => {
-                                on_event(InputEvent::Quit);
-                                return;
-                            }
-                            ESCAPE => bytes.push(ESCAPE),
-                            other => bytes.push(other),
-                        }
-                    } else if escapes && b == ESCAPE {
-                        pending_escape = true;
-                    } else {
-                        bytes.push(b);
-                    }
-                }
+                let (bytes, quit) = escapes.filter(&buf[..n]);
                 let mut rest = &bytes[..];
                 while !rest.is_empty() {
                     let taken = lock(&serial).enqueue_input(rest);
@@ -132,6 +149,10 @@ pub fn spawn_input_thread(
                         // The guest has not drained the FIFO yet; typing speed makes this rare.
                         thread::sleep(Duration::from_millis(2));
                     }
+                }
+                if quit {
+                    on_event(InputEvent::Quit);
+                    return;
                 }
             }
         })
