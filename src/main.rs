@@ -2,18 +2,20 @@
 
 mod arch;
 mod devices;
+mod gdb;
 mod loader;
 mod memory;
 mod terminal;
 mod vcpu;
 mod vmm;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::vmm::{Outcome, VmConfig};
+use crate::vmm::{Outcome, VmConfig, status};
 
 /// The command line Linux guests get unless --cmdline says otherwise: the serial console,
 /// and reboot through the keyboard controller, which ends minivmm.
@@ -24,6 +26,7 @@ Examples:
   minivmm --kernel bzImage
   minivmm --kernel bzImage --initrd initramfs.cpio.gz --cpus 2 --mem 1024
   minivmm --kernel vmlinux --cmdline 'console=ttyS0 reboot=k nokaslr'
+  minivmm --kernel bzImage --gdb 1234        # then: gdb vmlinux -ex 'target remote :1234'
 
 The guest's serial console (COM1) is this terminal: output to stdout, input from stdin.
 On a terminal, Ctrl-A x quits. RUST_LOG=debug shows what minivmm is doing.
@@ -35,6 +38,7 @@ Exit status:
   3    the guest triple-faulted (CPU shutdown)
   4    a vCPU hit an error minivmm cannot continue from (report on stderr)
   5    the user quit with Ctrl-A x
+  6    GDB ended the VM ('kill' or 'monitor quit')
   130  interrupted by SIGINT; 143 terminated by SIGTERM";
 
 /// minivmm boots a Linux bzImage, vmlinux or PVH kernel in a KVM virtual machine.
@@ -61,14 +65,24 @@ struct Cli {
     /// Number of vCPUs; the first boots the kernel, the others wait for INIT/SIPI
     #[arg(long, value_name = "N", default_value_t = 1)]
     cpus: u32,
+
+    /// Start the GDB stub on [ADDR:]PORT (address 127.0.0.1 unless given: the stub can read
+    /// and write all guest memory). The VM waits before its first instruction until GDB attaches.
+    #[arg(long, value_name = "[ADDR:]PORT", value_parser = parse_gdb_addr)]
+    gdb: Option<SocketAddr>,
+
+    /// With --gdb: start the VM at once; GDB can attach whenever it likes
+    #[arg(long, requires = "gdb")]
+    gdb_no_wait: bool,
 }
 
-/// Exit statuses, documented in --help and the README.
-mod status {
-    pub const SETUP_FAILED: u8 = 1;
-    pub const TRIPLE_FAULT: u8 = 3;
-    pub const VCPU_ERROR: u8 = 4;
-    pub const USER_QUIT: u8 = 5;
+/// `1234` means 127.0.0.1:1234; `ADDR:PORT` is taken as given.
+fn parse_gdb_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("'{s}' is not PORT or ADDR:PORT (for example 1234 or 0.0.0.0:1234)"))
 }
 
 fn main() -> ExitCode {
@@ -82,6 +96,8 @@ fn main() -> ExitCode {
         cmdline: cli.cmdline,
         mem_mib: cli.mem,
         cpus: cli.cpus,
+        gdb: cli.gdb,
+        gdb_wait: !cli.gdb_no_wait,
     };
     match vmm::run(&config) {
         Ok(outcome) => exit_for(outcome),
@@ -93,17 +109,13 @@ fn main() -> ExitCode {
 }
 
 fn exit_for(outcome: Outcome) -> ExitCode {
-    match outcome {
-        Outcome::Reset => ExitCode::SUCCESS,
+    match &outcome {
         Outcome::TripleFault { cpu } => {
-            eprintln!("minivmm: the guest triple-faulted on vCPU {cpu} (CPU shutdown)");
-            ExitCode::from(status::TRIPLE_FAULT)
+            eprintln!("minivmm: the guest triple-faulted on vCPU {cpu} (CPU shutdown)")
         }
-        Outcome::Crashed { cpu, report } => {
-            eprintln!("minivmm: vCPU {cpu} stopped: {report}");
-            ExitCode::from(status::VCPU_ERROR)
-        }
-        Outcome::UserQuit => ExitCode::from(status::USER_QUIT),
-        Outcome::Signal(sig) => ExitCode::from(128 + sig as u8),
+        Outcome::Crashed { cpu, report } => eprintln!("minivmm: vCPU {cpu} stopped: {report}"),
+        Outcome::DebuggerKill => eprintln!("minivmm: killed from GDB"),
+        Outcome::Reset | Outcome::UserQuit | Outcome::Signal(_) => {}
     }
+    ExitCode::from(outcome.exit_status())
 }

@@ -7,12 +7,19 @@ use std::ptr::null_mut;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::thread::{self, JoinHandle};
 
+use std::sync::Arc;
+
 use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use log::{debug, error, warn};
+use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::arch::assist;
+use crate::arch::debug::{self as archdebug, AddressSpace, DebugConfig, DebugExit, DebugStop};
+use crate::arch::debugreg::{HwSlot, NUM_SLOTS};
+use crate::arch::gdb::X86_64KvmRegs;
+use crate::arch::paging::Translation;
 use crate::devices::PioBus;
 use crate::memory::GuestMem;
 use crate::vmm::VmEvent;
@@ -25,6 +32,69 @@ pub enum VcpuControl {
     Resume,
     /// Leave the thread.
     Exit,
+    /// A debugger request, served only while paused; answered on the debug channel.
+    Debug(VcpuDebug),
+}
+
+/// Debugger requests to one vCPU.
+#[derive(Debug)]
+pub enum VcpuDebug {
+    ReadRegs,
+    WriteRegs(Box<X86_64KvmRegs>),
+    ReadMem(u64, usize, AddressSpace),
+    WriteMem(u64, Vec<u8>, AddressSpace),
+    /// Step one instruction on the next resume (`true`) or run freely (`false`).
+    EnableSinglestep(bool),
+    /// Hardware breakpoints and watchpoints, one per debug register.
+    SetHwBreakPoint([Option<HwSlot>; NUM_SLOTS]),
+    /// Linear addresses of the software breakpoints the debugger planted.
+    SetSwBreakPoints(Vec<u64>),
+    /// Walk the page tables for a virtual address.
+    Translate(u64),
+    /// Control, segment, descriptor-table and debug registers as text.
+    DescribeSystemRegs,
+}
+
+/// Answers (and unrequested stop notifications) from a vCPU to the debugger.
+#[derive(Debug)]
+pub enum VcpuDebugStatus {
+    RegValues(Box<X86_64KvmRegs>),
+    MemoryRegion(Vec<u8>),
+    CommandComplete,
+    Translation(Result<Translation, String>),
+    Text(String),
+    Error(String),
+    /// The vCPU stopped on its own for the debugger (breakpoint, step, watchpoint) and has
+    /// paused itself.
+    Stopped(DebugStop),
+    /// The VM ended while the debugger was attached (exit status for GDB's `W` reply).
+    VmEnded(u8),
+}
+
+#[derive(Debug)]
+pub struct VcpuDebugStatusMessage {
+    pub cpu: usize,
+    pub msg: VcpuDebugStatus,
+}
+
+/// The channel to the debugger, with an eventfd so the GDB thread can wait on it together
+/// with its socket instead of polling.
+#[derive(Clone)]
+pub struct DebugChannel {
+    tx: Sender<VcpuDebugStatusMessage>,
+    wake: Arc<EventFd>,
+}
+
+impl DebugChannel {
+    pub fn new(tx: Sender<VcpuDebugStatusMessage>, wake: Arc<EventFd>) -> Self {
+        DebugChannel { tx, wake }
+    }
+
+    pub fn send(&self, cpu: usize, msg: VcpuDebugStatus) {
+        if self.tx.send(VcpuDebugStatusMessage { cpu, msg }).is_ok() {
+            let _ = self.wake.write(1);
+        }
+    }
 }
 
 /// Why a vCPU stopped for good, as reported to the VMM.
@@ -85,6 +155,11 @@ impl VcpuHandle {
         }
     }
 
+    /// A sender for debug requests (which need no kick: they are served while paused).
+    pub fn control_sender(&self) -> Sender<VcpuControl> {
+        self.control.clone()
+    }
+
     /// Waits for the thread to end.
     pub fn join(&mut self) {
         if let Some(t) = self.thread.take()
@@ -102,12 +177,26 @@ pub struct Vcpu {
     pub pio: PioBus,
     pub mem: GuestMem,
     pub events: Sender<VmEvent>,
+    /// Present when a debugger may attach.
+    pub debug: Option<DebugChannel>,
+    /// The host supports KVM_GUESTDBG_BLOCKIRQ.
+    pub block_irq_when_stepping: bool,
 }
 
 /// What the loop does after an exit.
 enum Next {
     Continue,
     Stop(VcpuFault),
+    /// Stopped for the debugger: pause until told to resume.
+    DebugStop(DebugStop),
+}
+
+/// The vCPU's debugging state, owned by its thread.
+#[derive(Default)]
+struct DebugState {
+    config: DebugConfig,
+    /// Sorted linear addresses of planted software breakpoints.
+    sw_breakpoints: Vec<u64>,
 }
 
 impl Vcpu {
@@ -127,11 +216,17 @@ impl Vcpu {
 
     fn thread_main(mut self, control: Receiver<VcpuControl>, mut paused: bool) {
         KVM_RUN.with(|p| p.set(self.fd.get_kvm_run() as *mut kvm_run));
-        self.run_loop(&control, &mut paused);
+        let mut debug = DebugState::default();
+        self.run_loop(&control, &mut paused, &mut debug);
         KVM_RUN.with(|p| p.set(null_mut()));
     }
 
-    fn run_loop(&mut self, control: &Receiver<VcpuControl>, paused: &mut bool) {
+    fn run_loop(
+        &mut self,
+        control: &Receiver<VcpuControl>,
+        paused: &mut bool,
+        debug: &mut DebugState,
+    ) {
         loop {
             // Serve what arrived; while paused, wait for the next request instead of running.
             let msg = if *paused {
@@ -156,11 +251,34 @@ impl Vcpu {
                     }
                     VcpuControl::Resume => *paused = false,
                     VcpuControl::Exit => return,
+                    VcpuControl::Debug(req) => {
+                        let answer = if *paused {
+                            self.serve_debug(req, debug)
+                        } else {
+                            VcpuDebugStatus::Error("vCPU is running".into())
+                        };
+                        if let Some(ch) = &self.debug {
+                            ch.send(self.index, answer);
+                        }
+                    }
                 }
                 continue;
             }
-            match self.run_once() {
+            match self.run_once(debug) {
                 Next::Continue => {}
+                Next::DebugStop(stop) => {
+                    *paused = true;
+                    // One step at a time: stepping stays off until the debugger asks again.
+                    if debug.config.single_step {
+                        debug.config.single_step = false;
+                        if let Err(e) = archdebug::set_guest_debug(&self.fd, &debug.config) {
+                            warn!("vCPU {}: {e}", self.index);
+                        }
+                    }
+                    if let Some(ch) = &self.debug {
+                        ch.send(self.index, VcpuDebugStatus::Stopped(stop));
+                    }
+                }
                 Next::Stop(fault) => {
                     let _ = self.events.send(VmEvent::VcpuStopped {
                         cpu: self.index,
@@ -181,7 +299,54 @@ impl Vcpu {
         self.fd.set_kvm_immediate_exit(0);
     }
 
-    fn run_once(&mut self) -> Next {
+    fn serve_debug(&mut self, req: VcpuDebug, debug: &mut DebugState) -> VcpuDebugStatus {
+        let result = match req {
+            VcpuDebug::ReadRegs => {
+                archdebug::read_registers(&self.fd).map(|r| VcpuDebugStatus::RegValues(Box::new(r)))
+            }
+            VcpuDebug::WriteRegs(regs) => archdebug::write_registers(&self.fd, &regs)
+                .map(|_| VcpuDebugStatus::CommandComplete),
+            VcpuDebug::ReadMem(addr, len, space) => {
+                archdebug::paging_context(&self.fd).map(|ctx| {
+                    VcpuDebugStatus::MemoryRegion(archdebug::read_memory(
+                        &self.mem, &ctx, space, addr, len,
+                    ))
+                })
+            }
+            VcpuDebug::WriteMem(addr, data, space) => archdebug::paging_context(&self.fd)
+                .and_then(|ctx| archdebug::write_memory(&self.mem, &ctx, space, addr, &data))
+                .map(|_| VcpuDebugStatus::CommandComplete),
+            VcpuDebug::EnableSinglestep(on) => {
+                debug.config.single_step = on;
+                debug.config.block_irq = self.block_irq_when_stepping;
+                archdebug::set_guest_debug(&self.fd, &debug.config)
+                    .map(|_| VcpuDebugStatus::CommandComplete)
+            }
+            VcpuDebug::SetHwBreakPoint(slots) => {
+                debug.config.hw_slots = slots;
+                archdebug::set_guest_debug(&self.fd, &debug.config)
+                    .map(|_| VcpuDebugStatus::CommandComplete)
+            }
+            VcpuDebug::SetSwBreakPoints(mut addrs) => {
+                addrs.sort_unstable();
+                debug.config.sw_breakpoints = !addrs.is_empty();
+                debug.sw_breakpoints = addrs;
+                archdebug::set_guest_debug(&self.fd, &debug.config)
+                    .map(|_| VcpuDebugStatus::CommandComplete)
+            }
+            VcpuDebug::Translate(vaddr) => archdebug::paging_context(&self.fd).map(|ctx| {
+                VcpuDebugStatus::Translation(
+                    archdebug::translate(&self.mem, &ctx, vaddr).map_err(|e| e.to_string()),
+                )
+            }),
+            VcpuDebug::DescribeSystemRegs => {
+                archdebug::describe_system_registers(&self.fd).map(VcpuDebugStatus::Text)
+            }
+        };
+        result.unwrap_or_else(VcpuDebugStatus::Error)
+    }
+
+    fn run_once(&mut self, debug: &DebugState) -> Next {
         let exit = match self.fd.run() {
             Ok(exit) => exit,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -228,7 +393,15 @@ impl Vcpu {
                 "KVM could not enter the guest (hardware entry failure reason {reason:#x} on host CPU {cpu})\n{}",
                 assist::describe_state(&self.fd, &self.mem)
             ))),
-            VcpuExit::InternalError => self.internal_error(),
+            VcpuExit::InternalError => self.internal_error(debug),
+            VcpuExit::Debug(arch) => {
+                let ours = |pc: u64| debug.sw_breakpoints.binary_search(&pc).is_ok();
+                match archdebug::classify_debug_exit(&arch, &debug.config, ours) {
+                    DebugExit::Stop(stop) => Next::DebugStop(stop),
+                    DebugExit::GuestBreakpoint => self.reinject(3),
+                    DebugExit::GuestDebugTrap => self.reinject(1),
+                }
+            }
             VcpuExit::Intr => Next::Continue,
             other => {
                 let what = format!("{other:?}");
@@ -238,7 +411,16 @@ impl Vcpu {
         }
     }
 
-    fn internal_error(&mut self) -> Next {
+    fn reinject(&self, vector: u32) -> Next {
+        match archdebug::reinject_exception(&self.fd, vector) {
+            Ok(()) => Next::Continue,
+            Err(e) => Next::Stop(VcpuFault::Crashed(format!(
+                "could not give exception {vector} back to the guest: {e}"
+            ))),
+        }
+    }
+
+    fn internal_error(&mut self, debug: &DebugState) -> Next {
         // SAFETY: after KVM_EXIT_INTERNAL_ERROR the `internal` member of the exit union is
         // the one KVM filled in.
         let (suberror, ndata) = unsafe {
@@ -246,7 +428,12 @@ impl Vcpu {
             (internal.suberror, internal.ndata)
         };
         if suberror == assist::SUBERROR_EMULATION {
-            let (_, bytes) = assist::insn_bytes(&self.fd, &self.mem);
+            let (linear_rip, bytes) = assist::insn_bytes(&self.fd, &self.mem);
+            if assist::is_int3(&bytes) && debug.sw_breakpoints.binary_search(&linear_rip).is_ok() {
+                // This host reports int3 as an emulation failure; RIP is still at the int3,
+                // exactly where a debugger expects a software breakpoint stop.
+                return Next::DebugStop(DebugStop::SwBreak);
+            }
             if assist::is_int3(&bytes) {
                 // Only a host that emulates guest code gets here: deliver the #BP the guest
                 // would have taken on hardware.

@@ -1,6 +1,7 @@
 //! The VM as a whole: builds memory, devices and vCPUs from a `VmConfig`, then runs the
 //! control loop that reacts to guest resets, vCPU faults and signals.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
@@ -22,10 +23,11 @@ use crate::devices::serial::{
     COM1_BASE, COM1_IRQ, COM1_LEN, InputEvent, IrqTrigger, Serial, spawn_input_thread,
 };
 use crate::devices::{PioBus, PioDevice};
+use crate::gdb::{GdbError, GdbServer, GdbSetup};
 use crate::loader::{self, BootSpec};
 use crate::memory::{self, GuestMem};
 use crate::terminal::RawTerminal;
-use crate::vcpu::{self, Vcpu, VcpuControl, VcpuFault, VcpuHandle};
+use crate::vcpu::{self, DebugChannel, Vcpu, VcpuControl, VcpuDebugStatus, VcpuFault, VcpuHandle};
 
 /// What the user asked for.
 #[derive(Debug, Clone)]
@@ -35,6 +37,10 @@ pub struct VmConfig {
     pub cmdline: String,
     pub mem_mib: u64,
     pub cpus: u32,
+    /// Where the GDB stub listens, if at all.
+    pub gdb: Option<SocketAddr>,
+    /// With `gdb`: hold the VM before its first instruction until GDB attaches.
+    pub gdb_wait: bool,
 }
 
 #[derive(Debug, Error)]
@@ -64,6 +70,8 @@ pub enum VmError {
         what: &'static str,
         source: kvm_ioctls::Error,
     },
+    #[error(transparent)]
+    Gdb(#[from] GdbError),
     #[error("cannot create an eventfd: {0}")]
     EventFd(std::io::Error),
     #[error("cannot start a thread: {0}")]
@@ -85,6 +93,25 @@ pub enum VmEvent {
     Signal(i32),
     /// Ctrl-A x on the console.
     UserQuit,
+    /// The debugger asks for something that concerns the whole VM.
+    Request(VmRequest, Sender<VmResponse>),
+    /// GDB's `kill` or `monitor quit`.
+    DebuggerKill,
+}
+
+/// Whole-VM requests from the GDB thread.
+#[derive(Debug)]
+pub enum VmRequest {
+    /// Pause every vCPU (all-stop). Debug requests queued after this are served paused.
+    SuspendVcpus,
+    /// Let these vCPUs run again.
+    ResumeVcpus(Vec<usize>),
+}
+
+#[derive(Debug)]
+pub enum VmResponse {
+    Ok,
+    Err(String),
 }
 
 /// How the VM ended; main turns it into an exit status.
@@ -95,6 +122,30 @@ pub enum Outcome {
     Crashed { cpu: usize, report: String },
     Signal(i32),
     UserQuit,
+    DebuggerKill,
+}
+
+/// Exit statuses, documented in --help and the README.
+pub mod status {
+    pub const SETUP_FAILED: u8 = 1;
+    pub const TRIPLE_FAULT: u8 = 3;
+    pub const VCPU_ERROR: u8 = 4;
+    pub const USER_QUIT: u8 = 5;
+    pub const DEBUGGER_KILL: u8 = 6;
+}
+
+impl Outcome {
+    /// The process exit status for this ending.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            Outcome::Reset => 0,
+            Outcome::TripleFault { .. } => status::TRIPLE_FAULT,
+            Outcome::Crashed { .. } => status::VCPU_ERROR,
+            Outcome::UserQuit => status::USER_QUIT,
+            Outcome::DebuggerKill => status::DEBUGGER_KILL,
+            Outcome::Signal(sig) => 128u8.saturating_add(*sig as u8),
+        }
+    }
 }
 
 /// Sends a fixed event when triggered (the i8042 reset line).
@@ -290,6 +341,14 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
     )
     .map_err(VmError::Thread)?;
 
+    let block_irq_when_stepping = crate::arch::debug::host_blocks_irq_when_stepping(&kvm);
+    let (debug_tx, debug_rx) = channel();
+    let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?);
+    let debug_channel = config
+        .gdb
+        .map(|_| DebugChannel::new(debug_tx, wake.clone()));
+    let start_paused = config.gdb.is_some() && config.gdb_wait;
+
     vcpu::install_kick_handler().map_err(|e| VmError::Kvm {
         what: "installing the vCPU kick signal handler",
         source: e,
@@ -302,12 +361,42 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
             pio: pio.clone(),
             mem: mem.clone(),
             events: events_tx.clone(),
+            debug: debug_channel.clone(),
+            block_irq_when_stepping,
         };
-        handles.push(vcpu.spawn(false).map_err(VmError::Thread)?);
+        handles.push(vcpu.spawn(start_paused).map_err(VmError::Thread)?);
+    }
+
+    let gdb = match config.gdb {
+        Some(addr) => Some(GdbServer::start(GdbSetup {
+            addr,
+            vcpus: handles.iter().map(VcpuHandle::control_sender).collect(),
+            from_vcpu: debug_rx,
+            wake,
+            vm: events_tx.clone(),
+            watchpoints_work: quirks.data_watchpoints_fire,
+            vm_starts_paused: start_paused,
+        })?),
+        None => None,
+    };
+    if config.gdb.is_some() && !quirks.data_watchpoints_fire {
+        info!(
+            "this host's KVM never fires data breakpoints: GDB watchpoints will be software watchpoints (slow, but they work)"
+        );
     }
     drop(events_tx);
 
-    let outcome = control_loop(&events_rx);
+    let outcome = control_loop(&events_rx, &handles);
+    if let (Some(gdb), Some(channel)) = (&gdb, &debug_channel)
+        && gdb.attached.load(std::sync::atomic::Ordering::SeqCst)
+        && outcome != Outcome::DebuggerKill
+    {
+        // Tell GDB how the VM ended (a `W` reply) before the connection goes away.
+        channel.send(usize::MAX, VcpuDebugStatus::VmEnded(outcome.exit_status()));
+        let _ = gdb
+            .told_vm_end
+            .recv_timeout(std::time::Duration::from_secs(1));
+    }
     for h in &handles {
         h.send(VcpuControl::Exit);
     }
@@ -318,7 +407,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
     Ok(outcome)
 }
 
-fn control_loop(events: &Receiver<VmEvent>) -> Outcome {
+fn control_loop(events: &Receiver<VmEvent>, vcpus: &[VcpuHandle]) -> Outcome {
     loop {
         let Ok(event) = events.recv() else {
             return Outcome::Crashed {
@@ -337,12 +426,27 @@ fn control_loop(events: &Receiver<VmEvent>) -> Outcome {
             }
             VmEvent::Signal(sig) => return Outcome::Signal(sig),
             VmEvent::UserQuit => return Outcome::UserQuit,
+            VmEvent::DebuggerKill => return Outcome::DebuggerKill,
+            VmEvent::Request(req, reply) => {
+                let answer = match req {
+                    VmRequest::SuspendVcpus => {
+                        vcpus.iter().for_each(|v| v.send(VcpuControl::Pause));
+                        VmResponse::Ok
+                    }
+                    VmRequest::ResumeVcpus(which) => {
+                        match which.iter().find(|&&i| i >= vcpus.len()) {
+                            Some(bad) => VmResponse::Err(format!("no vCPU {bad}")),
+                            None => {
+                                which
+                                    .iter()
+                                    .for_each(|&i| vcpus[i].send(VcpuControl::Resume));
+                                VmResponse::Ok
+                            }
+                        }
+                    }
+                };
+                let _ = reply.send(answer);
+            }
         }
     }
-}
-
-#[allow(dead_code)]
-fn _assert_send() {
-    fn is_send<T: Send>() {}
-    is_send::<VcpuHandle>();
 }

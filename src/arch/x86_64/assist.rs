@@ -15,8 +15,8 @@ const INT3: u8 = 0xcc;
 const BP_VECTOR: u8 = 3;
 const MAX_INSN_LEN: usize = 15;
 
-/// The instruction bytes at the vCPU's CS:RIP, translated through its page tables. Bytes that
-/// cannot be read (unmapped, not RAM) end the slice early.
+/// The linear address of CS:RIP and the instruction bytes there, translated through the
+/// vCPU's page tables. Bytes that cannot be read (unmapped, not RAM) end the slice early.
 pub fn insn_bytes(vcpu: &VcpuFd, mem: &GuestMem) -> (u64, Vec<u8>) {
     let (Ok(regs), Ok(sregs)) = (vcpu.get_regs(), vcpu.get_sregs()) else {
         return (0, Vec::new());
@@ -39,7 +39,7 @@ pub fn insn_bytes(vcpu: &VcpuFd, mem: &GuestMem) -> (u64, Vec<u8>) {
         }
         bytes.push(b[0]);
     }
-    (regs.rip, bytes)
+    (linear, bytes)
 }
 
 /// Whether an emulation failure at these bytes is an `int3` the guest itself executed.
@@ -65,11 +65,11 @@ pub fn inject_breakpoint(vcpu: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
 /// A multi-line report of the vCPU's state, for the crash message.
 pub fn describe_state(vcpu: &VcpuFd, mem: &GuestMem) -> String {
     let mut out = String::new();
-    let (rip, bytes) = insn_bytes(vcpu, mem);
+    let (linear_rip, bytes) = insn_bytes(vcpu, mem);
     let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let _ = writeln!(
         out,
-        "  RIP {rip:#018x}, instruction bytes: {}",
+        "  CS:RIP (linear) {linear_rip:#018x}, instruction bytes: {}",
         if hex.is_empty() {
             "(unreadable)".to_string()
         } else {

@@ -4,6 +4,7 @@ pub mod acpi;
 pub mod assist;
 pub mod boot;
 pub mod cpu;
+pub mod debug;
 pub mod debugreg;
 pub mod gdb;
 pub mod layout;

@@ -1,0 +1,376 @@
+//! The vCPU side of debugging on x86: GDB's register file from KVM state, guest memory by
+//! virtual address through the vCPU's own page tables, KVM_SET_GUEST_DEBUG programming, and
+//! what a debug exit means.
+
+use kvm_bindings::{
+    KVM_GUESTDBG_BLOCKIRQ, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
+    KVM_GUESTDBG_USE_SW_BP, Msrs, kvm_debug_exit_arch, kvm_guest_debug, kvm_msr_entry,
+};
+use kvm_ioctls::{Kvm, VcpuFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+use super::debugreg::{self, DR6_BS, HwBreakKind, HwSlot, NUM_SLOTS};
+use super::gdb::{MSR_KERNEL_GS_BASE, X86_64KvmRegs};
+use super::paging::{self, PagingContext, Translation, WalkError};
+use crate::memory::GuestMem;
+
+/// KVM_CAP_SET_GUEST_DEBUG2: the KVM_GUESTDBG_* flags this host accepts.
+const KVM_CAP_SET_GUEST_DEBUG2: u64 = 195;
+const DB_VECTOR: u32 = 1;
+const BP_VECTOR: u32 = 3;
+
+/// Whether the host can keep interrupts from firing while single-stepping (Linux 5.16+).
+pub fn host_blocks_irq_when_stepping(kvm: &Kvm) -> bool {
+    let flags = kvm.check_extension_raw(KVM_CAP_SET_GUEST_DEBUG2);
+    flags > 0 && (flags as u32) & KVM_GUESTDBG_BLOCKIRQ != 0
+}
+
+/// What the debugger wants a vCPU to trap on.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DebugConfig {
+    pub single_step: bool,
+    /// Software breakpoints exist, so `int3` must exit to minivmm.
+    pub sw_breakpoints: bool,
+    pub hw_slots: [Option<HwSlot>; NUM_SLOTS],
+    /// Use KVM_GUESTDBG_BLOCKIRQ while stepping (only where the host supports it).
+    pub block_irq: bool,
+}
+
+/// Programs KVM_SET_GUEST_DEBUG from `config`; an empty config turns debugging off, so an
+/// undebugged guest runs exactly as without a debugger.
+pub fn set_guest_debug(vcpu: &VcpuFd, config: &DebugConfig) -> Result<(), String> {
+    let mut dbg = kvm_guest_debug::default();
+    let hw_used = config.hw_slots.iter().any(Option::is_some);
+    if config.single_step || config.sw_breakpoints || hw_used {
+        dbg.control = KVM_GUESTDBG_ENABLE;
+    }
+    if config.single_step {
+        dbg.control |= KVM_GUESTDBG_SINGLESTEP;
+        if config.block_irq {
+            dbg.control |= KVM_GUESTDBG_BLOCKIRQ;
+        }
+    }
+    if config.sw_breakpoints {
+        dbg.control |= KVM_GUESTDBG_USE_SW_BP;
+    }
+    if hw_used {
+        dbg.control |= KVM_GUESTDBG_USE_HW_BP;
+        dbg.arch.debugreg =
+            debugreg::debugreg_array(&config.hw_slots).map_err(|e| e.to_string())?;
+    }
+    vcpu.set_guest_debug(&dbg)
+        .map_err(|e| format!("KVM_SET_GUEST_DEBUG: {e}"))
+}
+
+/// Why the vCPU stopped, in debugger terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DebugStop {
+    /// A single-step finished.
+    Step,
+    /// A software breakpoint (`int3` the debugger planted) at the vCPU's RIP.
+    SwBreak,
+    /// A hardware execution breakpoint.
+    HwBreak,
+    /// A hardware watchpoint on `addr`.
+    Watch { addr: u64, kind: HwBreakKind },
+}
+
+/// What to do with a KVM_EXIT_DEBUG.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DebugExit {
+    Stop(DebugStop),
+    /// A #BP from an `int3` the guest owns: hand it back to the guest.
+    GuestBreakpoint,
+    /// A #DB the debugger did not ask for: hand it back too.
+    GuestDebugTrap,
+}
+
+/// Interprets a debug exit. `is_our_sw_breakpoint` says whether a software breakpoint is
+/// planted at the given linear address.
+pub fn classify_debug_exit(
+    exit: &kvm_debug_exit_arch,
+    config: &DebugConfig,
+    is_our_sw_breakpoint: impl Fn(u64) -> bool,
+) -> DebugExit {
+    match exit.exception {
+        BP_VECTOR if is_our_sw_breakpoint(exit.pc) => DebugExit::Stop(DebugStop::SwBreak),
+        BP_VECTOR => DebugExit::GuestBreakpoint,
+        DB_VECTOR => {
+            for slot in debugreg::triggered_slots(exit.dr6) {
+                if let Some(Some(hw)) = config.hw_slots.get(slot) {
+                    return DebugExit::Stop(match hw.kind {
+                        HwBreakKind::Execute => DebugStop::HwBreak,
+                        kind => DebugStop::Watch {
+                            addr: hw.addr,
+                            kind,
+                        },
+                    });
+                }
+            }
+            if exit.dr6 & DR6_BS != 0 || config.single_step {
+                DebugExit::Stop(DebugStop::Step)
+            } else {
+                DebugExit::GuestDebugTrap
+            }
+        }
+        _ => DebugExit::GuestDebugTrap,
+    }
+}
+
+/// Gives a #BP that KVM intercepted back to the guest. RIP still points at the `int3`; KVM
+/// recorded the instruction length at the intercept and delivers it as a software exception.
+pub fn reinject_exception(vcpu: &VcpuFd, vector: u32) -> Result<(), kvm_ioctls::Error> {
+    let mut events = vcpu.get_vcpu_events()?;
+    events.exception.injected = 1;
+    events.exception.nr = vector as u8;
+    events.exception.has_error_code = 0;
+    events.exception.error_code = 0;
+    vcpu.set_vcpu_events(&events)
+}
+
+fn kernel_gs_base(vcpu: &VcpuFd) -> Result<u64, String> {
+    let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+        index: MSR_KERNEL_GS_BASE,
+        ..Default::default()
+    }])
+    .map_err(|_| "MSR list".to_string())?;
+    vcpu.get_msrs(&mut msrs)
+        .map_err(|e| format!("KVM_GET_MSRS: {e}"))?;
+    Ok(msrs.as_slice()[0].data)
+}
+
+/// GDB's register file from the vCPU.
+pub fn read_registers(vcpu: &VcpuFd) -> Result<X86_64KvmRegs, String> {
+    let regs = vcpu.get_regs().map_err(|e| format!("KVM_GET_REGS: {e}"))?;
+    let sregs = vcpu
+        .get_sregs()
+        .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+    let fpu = vcpu.get_fpu().map_err(|e| format!("KVM_GET_FPU: {e}"))?;
+    Ok(X86_64KvmRegs::from_kvm(
+        &regs,
+        &sregs,
+        &fpu,
+        kernel_gs_base(vcpu)?,
+    ))
+}
+
+/// Writes GDB's register file back, touching only what GDB can express.
+pub fn write_registers(vcpu: &VcpuFd, new: &X86_64KvmRegs) -> Result<(), String> {
+    let mut regs = vcpu.get_regs().map_err(|e| format!("KVM_GET_REGS: {e}"))?;
+    let mut sregs = vcpu
+        .get_sregs()
+        .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+    let mut fpu = vcpu.get_fpu().map_err(|e| format!("KVM_GET_FPU: {e}"))?;
+    let kgs = new.to_kvm(&mut regs, &mut sregs, &mut fpu);
+    vcpu.set_regs(&regs)
+        .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
+    vcpu.set_sregs(&sregs)
+        .map_err(|e| format!("KVM_SET_SREGS (a control register value the CPU refuses?): {e}"))?;
+    vcpu.set_fpu(&fpu)
+        .map_err(|e| format!("KVM_SET_FPU: {e}"))?;
+    let msrs = Msrs::from_entries(&[kvm_msr_entry {
+        index: MSR_KERNEL_GS_BASE,
+        data: kgs,
+        ..Default::default()
+    }])
+    .map_err(|_| "MSR list".to_string())?;
+    vcpu.set_msrs(&msrs)
+        .map_err(|e| format!("KVM_SET_MSRS: {e}"))?;
+    Ok(())
+}
+
+/// The vCPU's paging state, for the page-table walker.
+pub fn paging_context(vcpu: &VcpuFd) -> Result<PagingContext, String> {
+    let s = vcpu
+        .get_sregs()
+        .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+    Ok(PagingContext {
+        cr0: s.cr0,
+        cr3: s.cr3,
+        cr4: s.cr4,
+        efer: s.efer,
+    })
+}
+
+/// How a debugger address is to be understood.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressSpace {
+    /// Guest-virtual, through the vCPU's current page tables.
+    Virtual,
+    /// Guest-physical (`monitor phys on`).
+    Physical,
+}
+
+/// Translates `vaddr` with the vCPU's page tables.
+pub fn translate(
+    mem: &GuestMem,
+    ctx: &PagingContext,
+    vaddr: u64,
+) -> Result<Translation, WalkError> {
+    paging::translate(mem, ctx, vaddr)
+}
+
+/// Reads guest memory page by page; stops at the first byte that cannot be read and returns
+/// what was read before it (GDB accepts short reads).
+pub fn read_memory(
+    mem: &GuestMem,
+    ctx: &PagingContext,
+    space: AddressSpace,
+    addr: u64,
+    len: usize,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    for (page_addr, chunk) in paging::split_by_page(addr, len) {
+        let Some(phys) = physical(mem, ctx, space, page_addr) else {
+            break;
+        };
+        let start = out.len();
+        out.resize(start + chunk, 0);
+        if mem
+            .read_slice(&mut out[start..], GuestAddress(phys))
+            .is_err()
+        {
+            out.truncate(start);
+            break;
+        }
+    }
+    out
+}
+
+/// Writes guest memory; all or nothing: every page is translated and checked before the
+/// first byte changes.
+pub fn write_memory(
+    mem: &GuestMem,
+    ctx: &PagingContext,
+    space: AddressSpace,
+    addr: u64,
+    data: &[u8],
+) -> Result<(), String> {
+    let mut pieces = Vec::new();
+    let mut offset = 0;
+    for (page_addr, chunk) in paging::split_by_page(addr, data.len()) {
+        let phys = physical(mem, ctx, space, page_addr)
+            .ok_or_else(|| format!("address {page_addr:#x} is not mapped to RAM"))?;
+        if !mem.check_range(GuestAddress(phys), chunk) {
+            return Err(format!("address {page_addr:#x} is not RAM"));
+        }
+        pieces.push((phys, offset, chunk));
+        offset += chunk;
+    }
+    if offset != data.len() {
+        return Err(format!("range at {addr:#x} wraps around the address space"));
+    }
+    for (phys, off, chunk) in pieces {
+        mem.write_slice(&data[off..off + chunk], GuestAddress(phys))
+            .map_err(|e| format!("write at {phys:#x}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn physical(mem: &GuestMem, ctx: &PagingContext, space: AddressSpace, addr: u64) -> Option<u64> {
+    match space {
+        AddressSpace::Physical => Some(addr),
+        AddressSpace::Virtual => paging::translate(mem, ctx, addr).ok().map(|t| t.phys),
+    }
+}
+
+/// The registers `monitor regs` shows beyond GDB's own: debug registers and descriptor tables.
+pub fn describe_system_registers(vcpu: &VcpuFd) -> Result<String, String> {
+    let s = vcpu
+        .get_sregs()
+        .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+    let d = vcpu
+        .get_debug_regs()
+        .map_err(|e| format!("KVM_GET_DEBUGREGS: {e}"))?;
+    let r = vcpu.get_regs().map_err(|e| format!("KVM_GET_REGS: {e}"))?;
+    let seg = |n: &str, x: &kvm_bindings::kvm_segment| {
+        format!(
+            "{n:<4} sel {:#06x} base {:#018x} limit {:#010x} type {:#x} dpl {} l {} db {}\n",
+            x.selector, x.base, x.limit, x.type_, x.dpl, x.l, x.db
+        )
+    };
+    let mut out = format!(
+        "rip  {:#018x} rflags {:#010x}\ncr0  {:#018x} cr2 {:#018x} cr3 {:#018x}\ncr4  {:#018x} cr8 {:#x} efer {:#x} apic_base {:#x}\n",
+        r.rip, r.rflags, s.cr0, s.cr2, s.cr3, s.cr4, s.cr8, s.efer, s.apic_base
+    );
+    for (n, x) in [
+        ("cs", &s.cs),
+        ("ds", &s.ds),
+        ("es", &s.es),
+        ("fs", &s.fs),
+        ("gs", &s.gs),
+        ("ss", &s.ss),
+        ("tr", &s.tr),
+        ("ldt", &s.ldt),
+    ] {
+        out.push_str(&seg(n, x));
+    }
+    out.push_str(&format!(
+        "gdt  base {:#018x} limit {:#06x}\nidt  base {:#018x} limit {:#06x}\n",
+        s.gdt.base, s.gdt.limit, s.idt.base, s.idt.limit
+    ));
+    out.push_str(&format!(
+        "dr0  {:#018x} dr1 {:#018x}\ndr2  {:#018x} dr3 {:#018x}\ndr6  {:#018x} dr7 {:#018x}\n",
+        d.db[0], d.db[1], d.db[2], d.db[3], d.dr6, d.dr7
+    ));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exit(exception: u32, pc: u64, dr6: u64) -> kvm_debug_exit_arch {
+        kvm_debug_exit_arch {
+            exception,
+            pad: 0,
+            pc,
+            dr6,
+            dr7: 0,
+        }
+    }
+
+    #[test]
+    fn classifies_debug_exits() {
+        let mut config = DebugConfig::default();
+        config.hw_slots[1] = Some(HwSlot {
+            addr: 0x2000,
+            kind: HwBreakKind::Execute,
+            len: 1,
+        });
+        config.hw_slots[2] = Some(HwSlot {
+            addr: 0x3000,
+            kind: HwBreakKind::Write,
+            len: 8,
+        });
+        let ours = |pc| pc == 0x1000;
+        assert_eq!(
+            classify_debug_exit(&exit(3, 0x1000, 0), &config, ours),
+            DebugExit::Stop(DebugStop::SwBreak)
+        );
+        assert_eq!(
+            classify_debug_exit(&exit(3, 0x1234, 0), &config, ours),
+            DebugExit::GuestBreakpoint
+        );
+        assert_eq!(
+            classify_debug_exit(&exit(1, 0x2000, 0b10), &config, ours),
+            DebugExit::Stop(DebugStop::HwBreak)
+        );
+        assert_eq!(
+            classify_debug_exit(&exit(1, 0x5555, 0b100), &config, ours),
+            DebugExit::Stop(DebugStop::Watch {
+                addr: 0x3000,
+                kind: HwBreakKind::Write
+            })
+        );
+        assert_eq!(
+            classify_debug_exit(&exit(1, 0x1, DR6_BS), &config, ours),
+            DebugExit::Stop(DebugStop::Step)
+        );
+        // A #DB from a slot the debugger does not own, and no stepping: the guest's.
+        assert_eq!(
+            classify_debug_exit(&exit(1, 0x1, 0b1), &config, ours),
+            DebugExit::GuestDebugTrap
+        );
+    }
+}

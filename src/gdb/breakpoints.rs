@@ -1,0 +1,278 @@
+//! Software breakpoints (int3 bytes the stub plants and hides), hardware breakpoints and
+//! watchpoints (the four debug registers, shared, armed on every vCPU).
+
+use std::collections::BTreeMap;
+
+use gdbstub::target::TargetResult;
+use gdbstub::target::ext::breakpoints::{
+    Breakpoints as BreakpointsExt, HwBreakpoint, HwBreakpointOps, HwWatchpoint, HwWatchpointOps,
+    SwBreakpoint, SwBreakpointOps, WatchKind,
+};
+use log::{debug, info};
+
+use super::target::GdbTarget;
+use crate::arch::debugreg::{self, HwBreakKind, HwSlot, HwSlots};
+use crate::vcpu::VcpuDebug;
+
+const INT3: u8 = 0xcc;
+
+/// A watchpoint as GDB asked for it, and the debug-register pieces that cover it.
+#[derive(Clone, Debug)]
+struct Watch {
+    addr: u64,
+    len: u64,
+    kind: WatchKind,
+    pieces: Vec<HwSlot>,
+}
+
+/// The breakpoint table. Changes are recorded here and pushed to the vCPUs once, just before
+/// the VM resumes, so a GDB that re-inserts all breakpoints at every stop costs few requests.
+#[derive(Default)]
+pub struct Breakpoints {
+    /// Planted software breakpoints: address → the byte the int3 replaced.
+    sw: BTreeMap<u64, u8>,
+    hw: HwSlots,
+    watches: Vec<Watch>,
+    dirty: bool,
+}
+
+impl Breakpoints {
+    /// Puts the original bytes back into a read of `[start, start + data.len())`.
+    pub fn hide_planted(&self, start: u64, data: &mut [u8]) {
+        let end = start.saturating_add(data.len() as u64);
+        for (&addr, &orig) in self.sw.range(start..end) {
+            data[(addr - start) as usize] = orig;
+        }
+    }
+
+    /// For a GDB write over planted breakpoints: the bytes to write (int3 stays planted) and
+    /// the new originals to remember.
+    pub fn keep_planted(&mut self, start: u64, data: &[u8]) -> Vec<u8> {
+        let mut out = data.to_vec();
+        let end = start.saturating_add(data.len() as u64);
+        for (&addr, orig) in self.sw.range_mut(start..end) {
+            let i = (addr - start) as usize;
+            *orig = data[i];
+            out[i] = INT3;
+        }
+        out
+    }
+
+    /// Maps a hit debug-register address back to the watchpoint GDB set.
+    pub fn watch_for_hit(&self, hit: u64) -> Option<(u64, WatchKind)> {
+        self.watches
+            .iter()
+            .find(|w| w.pieces.iter().any(|p| p.addr == hit))
+            .map(|w| (w.addr, w.kind))
+    }
+
+    /// Pushes the table to every vCPU if it changed since the last resume.
+    pub fn sync_to_vcpus(target: &mut GdbTarget) -> TargetResult<(), GdbTarget> {
+        if !target.breakpoints.dirty {
+            return Ok(());
+        }
+        let sw: Vec<u64> = target.breakpoints.sw.keys().copied().collect();
+        let hw = *target.breakpoints.hw.slots();
+        target.all_vcpus(|| VcpuDebug::SetSwBreakPoints(sw.clone()))?;
+        target.all_vcpus(|| VcpuDebug::SetHwBreakPoint(hw))?;
+        target.breakpoints.dirty = false;
+        Ok(())
+    }
+
+    /// Removes everything (GDB went away): original bytes back, debug registers cleared.
+    pub fn clear_all(target: &mut GdbTarget) -> TargetResult<(), GdbTarget> {
+        let planted: Vec<(u64, u8)> = target
+            .breakpoints
+            .sw
+            .iter()
+            .map(|(&a, &o)| (a, o))
+            .collect();
+        let mut result = Ok(());
+        for (addr, orig) in planted {
+            if let Err(e) = target.write_raw(target.current_cpu, addr, &[orig]) {
+                result = Err(e);
+            }
+        }
+        let b = &mut target.breakpoints;
+        b.sw.clear();
+        b.hw.clear();
+        b.watches.clear();
+        b.dirty = true;
+        Breakpoints::sync_to_vcpus(target)?;
+        result
+    }
+}
+
+impl BreakpointsExt for GdbTarget {
+    #[inline(always)]
+    fn support_sw_breakpoint(&mut self) -> Option<SwBreakpointOps<'_, Self>> {
+        Some(self)
+    }
+
+    #[inline(always)]
+    fn support_hw_breakpoint(&mut self) -> Option<HwBreakpointOps<'_, Self>> {
+        Some(self)
+    }
+
+    /// Offered only where data breakpoints fire: elsewhere GDB, told they are unsupported,
+    /// falls back to its own (single-stepping) software watchpoints instead of waiting forever.
+    #[inline(always)]
+    fn support_hw_watchpoint(&mut self) -> Option<HwWatchpointOps<'_, Self>> {
+        if self.watchpoints_work {
+            Some(self)
+        } else {
+            None
+        }
+    }
+}
+
+impl SwBreakpoint for GdbTarget {
+    fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        if self.breakpoints.sw.contains_key(&addr) {
+            return Ok(true);
+        }
+        let cpu = self.current_cpu;
+        let orig = match self.read_raw(cpu, addr, 1)?.first() {
+            Some(&b) => b,
+            None => return Ok(false),
+        };
+        if self.write_raw(cpu, addr, &[INT3]).is_err() {
+            return Ok(false);
+        }
+        self.breakpoints.sw.insert(addr, orig);
+        self.breakpoints.dirty = true;
+        Ok(true)
+    }
+
+    fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        let Some(orig) = self.breakpoints.sw.remove(&addr) else {
+            return Ok(false);
+        };
+        self.breakpoints.dirty = true;
+        let cpu = self.current_cpu;
+        self.write_raw(cpu, addr, &[orig])?;
+        Ok(true)
+    }
+}
+
+impl HwBreakpoint for GdbTarget {
+    fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        let slot = HwSlot {
+            addr,
+            kind: HwBreakKind::Execute,
+            len: 1,
+        };
+        match self.breakpoints.hw.add(slot) {
+            Ok(_) => {
+                self.breakpoints.dirty = true;
+                Ok(true)
+            }
+            Err(e) => {
+                info!("hardware breakpoint at {addr:#x} refused: {e}");
+                Ok(false)
+            }
+        }
+    }
+
+    fn remove_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        let removed = self
+            .breakpoints
+            .hw
+            .remove(addr, HwBreakKind::Execute, 1)
+            .is_ok();
+        self.breakpoints.dirty |= removed;
+        Ok(removed)
+    }
+}
+
+fn hw_kind(kind: WatchKind) -> HwBreakKind {
+    match kind {
+        WatchKind::Write => HwBreakKind::Write,
+        // x86 cannot trap reads alone; an access watchpoint is the closest (GDB checks values).
+        WatchKind::Read | WatchKind::ReadWrite => HwBreakKind::ReadWrite,
+    }
+}
+
+impl HwWatchpoint for GdbTarget {
+    fn add_hw_watchpoint(
+        &mut self,
+        addr: u64,
+        len: u64,
+        kind: WatchKind,
+    ) -> TargetResult<bool, Self> {
+        let pieces: Vec<HwSlot> = match debugreg::split_watch_range(addr, len) {
+            Ok(p) => p
+                .into_iter()
+                .map(|(addr, len)| HwSlot {
+                    addr,
+                    kind: hw_kind(kind),
+                    len,
+                })
+                .collect(),
+            Err(e) => {
+                info!("watchpoint at {addr:#x} ({len} bytes) refused: {e}");
+                return Ok(false);
+            }
+        };
+        if let Err(e) = self.breakpoints.hw.add_all(&pieces) {
+            info!("watchpoint at {addr:#x} refused: {e}");
+            return Ok(false);
+        }
+        debug!(
+            "watchpoint {addr:#x}+{len} in {} debug registers",
+            pieces.len()
+        );
+        self.breakpoints.watches.push(Watch {
+            addr,
+            len,
+            kind,
+            pieces,
+        });
+        self.breakpoints.dirty = true;
+        Ok(true)
+    }
+
+    fn remove_hw_watchpoint(
+        &mut self,
+        addr: u64,
+        len: u64,
+        kind: WatchKind,
+    ) -> TargetResult<bool, Self> {
+        let b = &mut self.breakpoints;
+        let Some(i) = b
+            .watches
+            .iter()
+            .position(|w| w.addr == addr && w.len == len && w.kind == kind)
+        else {
+            return Ok(false);
+        };
+        let w = b.watches.remove(i);
+        for p in &w.pieces {
+            let _ = b.hw.remove(p.addr, p.kind, p.len);
+        }
+        b.dirty = true;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planted_bytes_are_hidden_and_kept() {
+        let mut b = Breakpoints::default();
+        b.sw.insert(0x1002, 0x55);
+        b.sw.insert(0x1010, 0x66);
+        let mut read = [0xcc; 4];
+        b.hide_planted(0x1000, &mut read);
+        assert_eq!(read, [0xcc, 0xcc, 0x55, 0xcc]);
+        let written = b.keep_planted(0x1001, &[1, 2, 3]);
+        assert_eq!(written, vec![1, INT3, 3]);
+        assert_eq!(b.sw[&0x1002], 2);
+        assert_eq!(b.sw[&0x1010], 0x66);
+        // Ranges at the very top of the address space do not overflow.
+        let mut top = [0u8; 4];
+        b.hide_planted(u64::MAX - 1, &mut top);
+    }
+}

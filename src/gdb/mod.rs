@@ -1,0 +1,226 @@
+//! The GDB stub. A thread of its own owns the listening socket and the connection and runs
+//! gdbstub's state machine; it reaches a vCPU only through `VcpuControl::Debug` requests on
+//! that vCPU's channel (answers come back as `VcpuDebugStatusMessage`s), and suspends or
+//! resumes the whole VM through `VmRequest`s to the VMM's control loop.
+
+mod breakpoints;
+mod monitor;
+mod target;
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::thread::{self, JoinHandle};
+
+use gdbstub::conn::ConnectionExt;
+use gdbstub::stub::state_machine::GdbStubStateMachine;
+use gdbstub::stub::{DisconnectReason, GdbStubBuilder, MultiThreadStopReason};
+use log::{info, warn};
+use thiserror::Error;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::vcpu::{VcpuControl, VcpuDebugStatusMessage};
+use crate::vmm::VmEvent;
+
+pub use target::GdbTarget;
+
+/// Large packets make memory dumps fast: GDB sizes its `m` requests from this.
+const PACKET_BUFFER_SIZE: usize = 0x2_0000;
+
+#[derive(Debug, Error)]
+pub enum GdbError {
+    #[error(
+        "cannot listen for GDB on {addr}: {source} (is the port in use? pick another with --gdb PORT)"
+    )]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot start the GDB thread: {0}")]
+    Thread(io::Error),
+    #[error("vCPU {0} is gone")]
+    VcpuGone(usize),
+    #[error("vCPU {0} did not answer")]
+    VcpuTimeout(usize),
+    #[error("the VMM control loop is gone")]
+    VmGone,
+    #[error("the VMM refused: {0}")]
+    VmRefused(String),
+}
+
+/// What the rest of minivmm keeps of the GDB thread.
+pub struct GdbServer {
+    /// A debugger is connected (the VMM then tells it when the VM ends).
+    pub attached: Arc<AtomicBool>,
+    /// Fires when a session that saw the VM end has told GDB so.
+    pub told_vm_end: Receiver<()>,
+    _thread: JoinHandle<()>,
+}
+
+/// Everything the GDB thread needs from the VMM.
+pub struct GdbSetup {
+    pub addr: SocketAddr,
+    pub vcpus: Vec<Sender<VcpuControl>>,
+    pub from_vcpu: Receiver<VcpuDebugStatusMessage>,
+    pub wake: Arc<EventFd>,
+    pub vm: Sender<VmEvent>,
+    /// Hardware data watchpoints fire on this host.
+    pub watchpoints_work: bool,
+    /// The VM starts paused, so this first session begins before the first instruction.
+    pub vm_starts_paused: bool,
+}
+
+impl GdbServer {
+    /// Binds the port (so a bad address fails at start-up) and starts the GDB thread.
+    pub fn start(setup: GdbSetup) -> Result<GdbServer, GdbError> {
+        let listener = TcpListener::bind(setup.addr).map_err(|source| GdbError::Bind {
+            addr: setup.addr,
+            source,
+        })?;
+        let attached = Arc::new(AtomicBool::new(false));
+        let (told_tx, told_rx) = std::sync::mpsc::channel();
+        let flag = attached.clone();
+        let thread = thread::Builder::new()
+            .name("gdb".into())
+            .spawn(move || serve(listener, setup, flag, told_tx))
+            .map_err(GdbError::Thread)?;
+        Ok(GdbServer {
+            attached,
+            told_vm_end: told_rx,
+            _thread: thread,
+        })
+    }
+}
+
+fn serve(
+    listener: TcpListener,
+    setup: GdbSetup,
+    attached: Arc<AtomicBool>,
+    told_vm_end: Sender<()>,
+) {
+    let addr = setup.addr;
+    let mut target = GdbTarget::new(setup);
+    loop {
+        if target.vm_paused_for_gdb() {
+            info!(
+                "waiting for GDB on {addr} (the VM is paused until it attaches): gdb -ex 'target remote {addr}'"
+            );
+        } else {
+            info!("GDB can attach on {addr}");
+        }
+        let stream = match listener.accept() {
+            Ok((stream, peer)) => {
+                info!("GDB connected from {peer}");
+                stream
+            }
+            Err(e) => {
+                warn!("accepting a GDB connection failed: {e}");
+                continue;
+            }
+        };
+        // Every packet is a round trip; do not let Nagle hold replies back.
+        let _ = stream.set_nodelay(true);
+        attached.store(true, Ordering::SeqCst);
+        let reason = run_session(&mut target, stream);
+        attached.store(false, Ordering::SeqCst);
+        match reason {
+            Ok(DisconnectReason::Kill) => {
+                info!("GDB killed the VM");
+                target.end_vm();
+                return;
+            }
+            Ok(DisconnectReason::TargetExited(_)) | Ok(DisconnectReason::TargetTerminated(_)) => {
+                let _ = told_vm_end.send(());
+                return;
+            }
+            Ok(DisconnectReason::Disconnect) => info!("GDB detached; the VM runs on"),
+            Err(e) => info!("GDB session ended: {e}"),
+        }
+        if target.vm_ended() {
+            let _ = told_vm_end.send(());
+            return;
+        }
+        if let Err(e) = target.detach() {
+            warn!("cleaning up after GDB failed: {e}");
+        }
+    }
+}
+
+/// Why a session ended other than by GDB's choice.
+#[derive(Debug, Error)]
+pub enum SessionError {
+    #[error("{0}")]
+    Stub(#[from] gdbstub::stub::GdbStubError<GdbError, io::Error>),
+    #[error("{0}")]
+    Target(#[from] GdbError),
+    #[error("connection: {0}")]
+    Conn(#[from] io::Error),
+}
+
+/// Runs one connection to its end. This is gdbstub's blocking loop, with a wait that watches
+/// the socket and the vCPUs' stop notifications together (poll(2), no timeouts).
+fn run_session(
+    target: &mut GdbTarget,
+    stream: TcpStream,
+) -> Result<DisconnectReason, SessionError> {
+    target.attach()?;
+    let gdb = GdbStubBuilder::new(stream)
+        .packet_buffer_size(PACKET_BUFFER_SIZE)
+        .build()
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let mut machine = gdb.run_state_machine(target)?;
+    loop {
+        machine = match machine {
+            GdbStubStateMachine::Idle(mut gdb) => {
+                let byte = gdb.borrow_conn().read()?;
+                gdb.incoming_data(target, byte)?
+            }
+            GdbStubStateMachine::Disconnected(gdb) => return Ok(gdb.get_reason()),
+            GdbStubStateMachine::CtrlCInterrupt(gdb) => {
+                let reason = target.interrupt();
+                gdb.interrupt_handled(target, reason)?
+            }
+            GdbStubStateMachine::Running(mut gdb) => {
+                match target.wait_for_stop(gdb.borrow_conn())? {
+                    Waited::Data(byte) => gdb.incoming_data(target, byte)?,
+                    Waited::Stopped(reason) => gdb.report_stop(target, reason)?,
+                }
+            }
+        };
+    }
+}
+
+/// What woke the GDB thread while the VM ran.
+pub enum Waited {
+    Data(u8),
+    Stopped(MultiThreadStopReason<u64>),
+}
+
+/// Blocks until the socket has a byte or the wake eventfd fires.
+fn poll_two(conn: &TcpStream, wake: &EventFd) -> io::Result<(bool, bool)> {
+    let mut fds = [
+        libc::pollfd {
+            fd: conn.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: `fds` is a valid array of two pollfd for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n >= 0 {
+            let ready =
+                |f: &libc::pollfd| f.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0;
+            return Ok((ready(&fds[0]), ready(&fds[1])));
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}

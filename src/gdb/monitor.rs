@@ -1,0 +1,118 @@
+//! `monitor` commands: what GDB's own commands cannot show about a VM.
+
+use gdbstub::outputln;
+use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd};
+
+use super::target::GdbTarget;
+use crate::arch::debug::AddressSpace;
+use crate::vcpu::{VcpuDebug, VcpuDebugStatus};
+
+const HELP: &str = "\
+minivmm monitor commands (they apply to the current thread's vCPU):
+  monitor regs            control, segment, descriptor-table and debug registers
+  monitor translate ADDR  walk the page tables for a virtual address, level by level
+  monitor phys on|off     treat memory addresses as guest-physical (on) or virtual (off)
+  monitor quit            end minivmm
+  monitor help            this text";
+
+/// Parses a number the way GDB users type it: 0x-prefixed hex or decimal.
+fn parse_addr(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+impl MonitorCmd for GdbTarget {
+    fn handle_monitor_cmd(
+        &mut self,
+        cmd: &[u8],
+        mut out: ConsoleOutput<'_>,
+    ) -> Result<(), Self::Error> {
+        let cmd = String::from_utf8_lossy(cmd);
+        let words: Vec<&str> = cmd.split_whitespace().collect();
+        let cpu = self.current_cpu;
+        match words.as_slice() {
+            [] | ["help"] => outputln!(out, "{HELP}"),
+            ["regs"] => match self.vcpu_request(cpu, VcpuDebug::DescribeSystemRegs)? {
+                VcpuDebugStatus::Text(t) => {
+                    outputln!(out, "vCPU {cpu}:");
+                    for line in t.lines() {
+                        outputln!(out, "{line}");
+                    }
+                }
+                other => outputln!(out, "vCPU {cpu}: {other:?}"),
+            },
+            ["translate", addr] => match parse_addr(addr) {
+                None => outputln!(
+                    out,
+                    "not an address: {addr} (use hex like 0xffffffff81000000)"
+                ),
+                Some(vaddr) => match self.vcpu_request(cpu, VcpuDebug::Translate(vaddr))? {
+                    VcpuDebugStatus::Translation(Ok(t)) => {
+                        outputln!(out, "vCPU {cpu}: {vaddr:#x}");
+                        for step in &t.steps {
+                            outputln!(
+                                out,
+                                "  {:<6} entry at {:#014x} = {:#018x}",
+                                step.level,
+                                step.entry_addr,
+                                step.entry
+                            );
+                        }
+                        outputln!(
+                            out,
+                            "  -> physical {:#x} ({} KiB page, {}, {})",
+                            t.phys,
+                            t.page_size / 1024,
+                            if t.writable { "writable" } else { "read-only" },
+                            if t.user { "user" } else { "supervisor" }
+                        );
+                    }
+                    VcpuDebugStatus::Translation(Err(e)) => {
+                        outputln!(out, "vCPU {cpu}: {vaddr:#x}: {e}")
+                    }
+                    other => outputln!(out, "vCPU {cpu}: {other:?}"),
+                },
+            },
+            ["phys", "on"] => {
+                self.address_space = AddressSpace::Physical;
+                outputln!(out, "memory addresses are now guest-physical");
+            }
+            ["phys", "off"] => {
+                self.address_space = AddressSpace::Virtual;
+                outputln!(out, "memory addresses are now virtual (vCPU page tables)");
+            }
+            ["phys"] => outputln!(
+                out,
+                "memory addresses are {}",
+                if self.address_space == AddressSpace::Physical {
+                    "guest-physical"
+                } else {
+                    "virtual"
+                }
+            ),
+            ["quit"] => {
+                outputln!(out, "ending minivmm");
+                self.end_vm();
+            }
+            _ => outputln!(out, "unknown command '{cmd}'; try 'monitor help'"),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hex_and_decimal() {
+        assert_eq!(
+            parse_addr("0xffffffff81000000"),
+            Some(0xffff_ffff_8100_0000)
+        );
+        assert_eq!(parse_addr("4096"), Some(4096));
+        assert_eq!(parse_addr("zz"), None);
+    }
+}

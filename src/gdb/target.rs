@@ -1,0 +1,494 @@
+//! The gdbstub `Target`: every vCPU is a GDB thread (tid = vCPU index + 1), all-stop.
+
+use std::collections::VecDeque;
+use std::net::TcpStream;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel};
+use std::time::Duration;
+
+use gdbstub::common::{Signal, Tid};
+use gdbstub::conn::ConnectionExt;
+use gdbstub::stub::MultiThreadStopReason;
+use gdbstub::target::ext::base::BaseOps;
+use gdbstub::target::ext::base::multithread::{
+    MultiThreadBase, MultiThreadResume, MultiThreadResumeOps, MultiThreadSingleStep,
+    MultiThreadSingleStepOps,
+};
+use gdbstub::target::ext::base::single_register_access::{
+    SingleRegisterAccess, SingleRegisterAccessOps,
+};
+use gdbstub::target::ext::breakpoints::BreakpointsOps;
+use gdbstub::target::ext::monitor_cmd::MonitorCmdOps;
+use gdbstub::target::ext::thread_extra_info::{ThreadExtraInfo, ThreadExtraInfoOps};
+use gdbstub::target::{Target, TargetError, TargetResult};
+use log::{debug, warn};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::breakpoints::Breakpoints;
+use super::{GdbError, GdbSetup, Waited, poll_two};
+use crate::arch::debug::{AddressSpace, DebugStop};
+use crate::arch::gdb::{X86_64Kvm, X86_64KvmRegId, X86_64KvmRegs, read_reg, write_reg};
+use crate::vcpu::{VcpuControl, VcpuDebug, VcpuDebugStatus, VcpuDebugStatusMessage};
+use crate::vmm::{VmEvent, VmRequest, VmResponse};
+
+/// A vCPU that does not answer in this long is wedged; the session reports an error rather
+/// than hanging GDB.
+const VCPU_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What GDB asked each vCPU to do on the next resume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    Stay,
+    Continue,
+    Step,
+}
+
+pub struct GdbTarget {
+    vcpus: Vec<Sender<VcpuControl>>,
+    from_vcpu: Receiver<VcpuDebugStatusMessage>,
+    wake: Arc<EventFd>,
+    vm: Sender<VmEvent>,
+    /// Stop notifications that arrived while we waited for something else.
+    pending: VecDeque<VcpuDebugStatusMessage>,
+    actions: Vec<Action>,
+    /// The vCPU GDB last looked at: the one `monitor` commands talk about.
+    pub(super) current_cpu: usize,
+    /// `monitor phys on`: addresses are guest-physical.
+    pub(super) address_space: AddressSpace,
+    pub(super) breakpoints: Breakpoints,
+    pub(super) watchpoints_work: bool,
+    vm_paused: bool,
+    vm_ended: Option<u8>,
+}
+
+fn tid_of(cpu: usize) -> Tid {
+    NonZeroUsize::new(cpu + 1).unwrap_or(NonZeroUsize::MIN)
+}
+
+impl GdbTarget {
+    pub fn new(setup: GdbSetup) -> Self {
+        let n = setup.vcpus.len();
+        GdbTarget {
+            vcpus: setup.vcpus,
+            from_vcpu: setup.from_vcpu,
+            wake: setup.wake,
+            vm: setup.vm,
+            pending: VecDeque::new(),
+            actions: vec![Action::Stay; n],
+            current_cpu: 0,
+            address_space: AddressSpace::Virtual,
+            breakpoints: Breakpoints::default(),
+            watchpoints_work: setup.watchpoints_work,
+            vm_paused: setup.vm_starts_paused,
+            vm_ended: None,
+        }
+    }
+
+    pub fn vm_paused_for_gdb(&self) -> bool {
+        self.vm_paused
+    }
+
+    pub fn vm_ended(&self) -> bool {
+        self.vm_ended.is_some()
+    }
+
+    fn cpu_of(&self, tid: Tid) -> TargetResult<usize, Self> {
+        let cpu = tid.get() - 1;
+        if cpu < self.vcpus.len() {
+            Ok(cpu)
+        } else {
+            Err(TargetError::NonFatal)
+        }
+    }
+
+    fn vm_request(&mut self, req: VmRequest) -> Result<(), GdbError> {
+        let (tx, rx) = channel();
+        self.vm
+            .send(VmEvent::Request(req, tx))
+            .map_err(|_| GdbError::VmGone)?;
+        match rx.recv() {
+            Ok(VmResponse::Ok) => Ok(()),
+            Ok(VmResponse::Err(e)) => Err(GdbError::VmRefused(e)),
+            Err(_) => Err(GdbError::VmGone),
+        }
+    }
+
+    fn suspend(&mut self) -> Result<(), GdbError> {
+        if !self.vm_paused {
+            self.vm_request(VmRequest::SuspendVcpus)?;
+            self.vm_paused = true;
+        }
+        Ok(())
+    }
+
+    /// Sends one request to one (paused) vCPU and waits for its answer.
+    pub(super) fn vcpu_request(
+        &mut self,
+        cpu: usize,
+        req: VcpuDebug,
+    ) -> Result<VcpuDebugStatus, GdbError> {
+        let tx = self.vcpus.get(cpu).ok_or(GdbError::VcpuGone(cpu))?;
+        tx.send(VcpuControl::Debug(req))
+            .map_err(|_| GdbError::VcpuGone(cpu))?;
+        loop {
+            let m = match self.from_vcpu.recv_timeout(VCPU_ANSWER_TIMEOUT) {
+                Ok(m) => m,
+                Err(RecvTimeoutError::Timeout) => return Err(GdbError::VcpuTimeout(cpu)),
+                Err(RecvTimeoutError::Disconnected) => return Err(GdbError::VcpuGone(cpu)),
+            };
+            match m.msg {
+                VcpuDebugStatus::Stopped(_) | VcpuDebugStatus::VmEnded(_) => {
+                    self.pending.push_back(m)
+                }
+                msg if m.cpu == cpu => return Ok(msg),
+                msg => debug!("stale answer from vCPU {}: {msg:?}", m.cpu),
+            }
+        }
+    }
+
+    /// A request that only needs to succeed.
+    pub(super) fn vcpu_command(&mut self, cpu: usize, req: VcpuDebug) -> TargetResult<(), Self> {
+        match self.vcpu_request(cpu, req) {
+            Ok(VcpuDebugStatus::CommandComplete) => Ok(()),
+            Ok(VcpuDebugStatus::Error(e)) => {
+                debug!("vCPU {cpu}: {e}");
+                Err(TargetError::NonFatal)
+            }
+            Ok(other) => {
+                warn!("vCPU {cpu}: unexpected answer {other:?}");
+                Err(TargetError::NonFatal)
+            }
+            Err(e) => Err(TargetError::Fatal(e)),
+        }
+    }
+
+    /// Sends the same request to every vCPU.
+    pub(super) fn all_vcpus(&mut self, req: impl Fn() -> VcpuDebug) -> TargetResult<(), Self> {
+        for cpu in 0..self.vcpus.len() {
+            self.vcpu_command(cpu, req())?;
+        }
+        Ok(())
+    }
+
+    /// Raw guest memory through `cpu`'s view (breakpoint bytes included).
+    pub(super) fn read_raw(
+        &mut self,
+        cpu: usize,
+        addr: u64,
+        len: usize,
+    ) -> TargetResult<Vec<u8>, Self> {
+        match self.vcpu_request(cpu, VcpuDebug::ReadMem(addr, len, self.address_space)) {
+            Ok(VcpuDebugStatus::MemoryRegion(bytes)) => Ok(bytes),
+            Ok(VcpuDebugStatus::Error(e)) => {
+                debug!("read at {addr:#x}: {e}");
+                Err(TargetError::NonFatal)
+            }
+            Ok(_) => Err(TargetError::NonFatal),
+            Err(e) => Err(TargetError::Fatal(e)),
+        }
+    }
+
+    pub(super) fn write_raw(
+        &mut self,
+        cpu: usize,
+        addr: u64,
+        data: &[u8],
+    ) -> TargetResult<(), Self> {
+        self.vcpu_command(
+            cpu,
+            VcpuDebug::WriteMem(addr, data.to_vec(), self.address_space),
+        )
+    }
+
+    /// A new GDB connection: the VM must be stopped while GDB looks at it.
+    pub fn attach(&mut self) -> Result<(), GdbError> {
+        self.suspend()?;
+        self.pending.clear();
+        while self.from_vcpu.try_recv().is_ok() {}
+        Ok(())
+    }
+
+    /// GDB left (detach or lost connection): take out everything it planted and let the VM run.
+    pub fn detach(&mut self) -> Result<(), GdbError> {
+        self.suspend()?;
+        let cleared = Breakpoints::clear_all(self);
+        if cleared.is_err() {
+            warn!("some breakpoints could not be removed from guest memory");
+        }
+        for cpu in 0..self.vcpus.len() {
+            let _ = self.vcpu_request(cpu, VcpuDebug::EnableSinglestep(false));
+        }
+        self.pending.clear();
+        self.resume_cpus((0..self.vcpus.len()).collect())
+    }
+
+    /// GDB's `kill`: end minivmm.
+    pub fn end_vm(&mut self) {
+        let _ = self.vm.send(VmEvent::DebuggerKill);
+    }
+
+    fn resume_cpus(&mut self, cpus: Vec<usize>) -> Result<(), GdbError> {
+        self.vm_request(VmRequest::ResumeVcpus(cpus))?;
+        self.vm_paused = false;
+        Ok(())
+    }
+
+    /// Ctrl-C from GDB.
+    pub fn interrupt(&mut self) -> Option<MultiThreadStopReason<u64>> {
+        if let Err(e) = self.suspend() {
+            warn!("could not stop the VM: {e}");
+        }
+        Some(MultiThreadStopReason::SignalWithThread {
+            tid: tid_of(self.current_cpu),
+            signal: Signal::SIGINT,
+        })
+    }
+
+    /// Waits for GDB input or a vCPU stop, whichever comes first.
+    pub fn wait_for_stop(&mut self, conn: &mut TcpStream) -> Result<Waited, super::SessionError> {
+        loop {
+            if let Some(m) = self.pending.pop_front()
+                && let Some(reason) = self.stop_reason(m)
+            {
+                return Ok(Waited::Stopped(reason));
+            }
+            let (data, woke) = poll_two(conn, &self.wake)?;
+            if data {
+                let byte = conn.read()?;
+                return Ok(Waited::Data(byte));
+            }
+            if woke {
+                let _ = self.wake.read();
+                loop {
+                    match self.from_vcpu.try_recv() {
+                        Ok(m) => self.pending.push_back(m),
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => return Err(GdbError::VcpuGone(0).into()),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Turns a vCPU notification into a GDB stop, stopping the rest of the VM (all-stop).
+    fn stop_reason(&mut self, m: VcpuDebugStatusMessage) -> Option<MultiThreadStopReason<u64>> {
+        let tid = tid_of(m.cpu);
+        let reason = match m.msg {
+            VcpuDebugStatus::VmEnded(code) => {
+                self.vm_ended = Some(code);
+                return Some(MultiThreadStopReason::Exited(code));
+            }
+            VcpuDebugStatus::Stopped(stop) => match stop {
+                DebugStop::Step => MultiThreadStopReason::SignalWithThread {
+                    tid,
+                    signal: Signal::SIGTRAP,
+                },
+                DebugStop::SwBreak => MultiThreadStopReason::SwBreak(tid),
+                DebugStop::HwBreak => MultiThreadStopReason::HwBreak(tid),
+                DebugStop::Watch { addr, .. } => match self.breakpoints.watch_for_hit(addr) {
+                    Some((addr, kind)) => MultiThreadStopReason::Watch { tid, kind, addr },
+                    None => MultiThreadStopReason::SignalWithThread {
+                        tid,
+                        signal: Signal::SIGTRAP,
+                    },
+                },
+            },
+            other => {
+                debug!("ignoring {other:?} from vCPU {}", m.cpu);
+                return None;
+            }
+        };
+        if let Err(e) = self.suspend() {
+            warn!("could not stop the other vCPUs: {e}");
+        }
+        self.vm_paused = true;
+        self.current_cpu = m.cpu;
+        Some(reason)
+    }
+}
+
+impl Target for GdbTarget {
+    type Arch = X86_64Kvm;
+    type Error = GdbError;
+
+    #[inline(always)]
+    fn base_ops(&mut self) -> BaseOps<'_, Self::Arch, Self::Error> {
+        BaseOps::MultiThread(self)
+    }
+
+    #[inline(always)]
+    fn support_breakpoints(&mut self) -> Option<BreakpointsOps<'_, Self>> {
+        Some(self)
+    }
+
+    #[inline(always)]
+    fn support_monitor_cmd(&mut self) -> Option<MonitorCmdOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl MultiThreadBase for GdbTarget {
+    fn read_registers(&mut self, regs: &mut X86_64KvmRegs, tid: Tid) -> TargetResult<(), Self> {
+        let cpu = self.cpu_of(tid)?;
+        self.current_cpu = cpu;
+        match self.vcpu_request(cpu, VcpuDebug::ReadRegs) {
+            Ok(VcpuDebugStatus::RegValues(r)) => {
+                *regs = *r;
+                Ok(())
+            }
+            Ok(other) => {
+                debug!("vCPU {cpu}: ReadRegs answered {other:?}");
+                Err(TargetError::NonFatal)
+            }
+            Err(e) => Err(TargetError::Fatal(e)),
+        }
+    }
+
+    fn write_registers(&mut self, regs: &X86_64KvmRegs, tid: Tid) -> TargetResult<(), Self> {
+        let cpu = self.cpu_of(tid)?;
+        self.vcpu_command(cpu, VcpuDebug::WriteRegs(Box::new(regs.clone())))
+    }
+
+    #[inline(always)]
+    fn support_single_register_access(&mut self) -> Option<SingleRegisterAccessOps<'_, Tid, Self>> {
+        Some(self)
+    }
+
+    fn read_addrs(&mut self, start: u64, data: &mut [u8], tid: Tid) -> TargetResult<usize, Self> {
+        let cpu = self.cpu_of(tid)?;
+        let bytes = self.read_raw(cpu, start, data.len())?;
+        if bytes.is_empty() && !data.is_empty() {
+            return Err(TargetError::NonFatal);
+        }
+        data[..bytes.len()].copy_from_slice(&bytes);
+        // GDB must see the code, not the int3 bytes we planted in it.
+        self.breakpoints
+            .hide_planted(start, &mut data[..bytes.len()]);
+        Ok(bytes.len())
+    }
+
+    fn write_addrs(&mut self, start: u64, data: &[u8], tid: Tid) -> TargetResult<(), Self> {
+        let cpu = self.cpu_of(tid)?;
+        // Keep planted int3 bytes in place; remember GDB's bytes as the originals instead.
+        let data = self.breakpoints.keep_planted(start, data);
+        self.write_raw(cpu, start, &data)
+    }
+
+    fn list_active_threads(
+        &mut self,
+        thread_is_active: &mut dyn FnMut(Tid),
+    ) -> Result<(), Self::Error> {
+        for cpu in 0..self.vcpus.len() {
+            thread_is_active(tid_of(cpu));
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn support_resume(&mut self) -> Option<MultiThreadResumeOps<'_, Self>> {
+        Some(self)
+    }
+
+    #[inline(always)]
+    fn support_thread_extra_info(&mut self) -> Option<ThreadExtraInfoOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl ThreadExtraInfo for GdbTarget {
+    fn thread_extra_info(&self, tid: Tid, buf: &mut [u8]) -> Result<usize, Self::Error> {
+        let text = format!("vCPU {}", tid.get() - 1);
+        let n = text.len().min(buf.len());
+        buf[..n].copy_from_slice(&text.as_bytes()[..n]);
+        Ok(n)
+    }
+}
+
+impl SingleRegisterAccess<Tid> for GdbTarget {
+    fn read_register(
+        &mut self,
+        tid: Tid,
+        reg: X86_64KvmRegId,
+        buf: &mut [u8],
+    ) -> TargetResult<usize, Self> {
+        let mut regs = X86_64KvmRegs::default();
+        self.read_registers(&mut regs, tid)?;
+        read_reg(&regs, reg, buf).ok_or(TargetError::NonFatal)
+    }
+
+    fn write_register(
+        &mut self,
+        tid: Tid,
+        reg: X86_64KvmRegId,
+        val: &[u8],
+    ) -> TargetResult<(), Self> {
+        let mut regs = X86_64KvmRegs::default();
+        self.read_registers(&mut regs, tid)?;
+        write_reg(&mut regs, reg, val).map_err(|_| TargetError::NonFatal)?;
+        self.write_registers(&regs, tid)
+    }
+}
+
+impl MultiThreadResume for GdbTarget {
+    fn resume(&mut self) -> Result<(), Self::Error> {
+        // A stop that arrived while GDB was busy is reported before anything runs again.
+        if self.pending.iter().any(|m| {
+            matches!(
+                m.msg,
+                VcpuDebugStatus::Stopped(_) | VcpuDebugStatus::VmEnded(_)
+            )
+        }) {
+            return Ok(());
+        }
+        Breakpoints::sync_to_vcpus(self)
+            .map_err(|_| GdbError::VmRefused("breakpoint setup failed".into()))?;
+        let mut run = Vec::new();
+        for cpu in 0..self.vcpus.len() {
+            let action = self.actions[cpu];
+            if action == Action::Stay {
+                continue;
+            }
+            match self.vcpu_request(cpu, VcpuDebug::EnableSinglestep(action == Action::Step))? {
+                VcpuDebugStatus::CommandComplete => {}
+                other => return Err(GdbError::VmRefused(format!("vCPU {cpu}: {other:?}"))),
+            }
+            run.push(cpu);
+        }
+        self.resume_cpus(run)
+    }
+
+    fn clear_resume_actions(&mut self) -> Result<(), Self::Error> {
+        self.actions.fill(Action::Stay);
+        Ok(())
+    }
+
+    fn set_resume_action_continue(
+        &mut self,
+        tid: Tid,
+        _signal: Option<Signal>,
+    ) -> Result<(), Self::Error> {
+        if let Some(a) = self.actions.get_mut(tid.get() - 1) {
+            *a = Action::Continue;
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn support_single_step(&mut self) -> Option<MultiThreadSingleStepOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl MultiThreadSingleStep for GdbTarget {
+    fn set_resume_action_step(
+        &mut self,
+        tid: Tid,
+        _signal: Option<Signal>,
+    ) -> Result<(), Self::Error> {
+        if let Some(a) = self.actions.get_mut(tid.get() - 1) {
+            *a = Action::Step;
+        }
+        Ok(())
+    }
+}
