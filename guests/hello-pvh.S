@@ -12,7 +12,6 @@ FUNC(_start)
         cli
         cld
         mov     esp, offset pvh_stack_top
-        mov     ebx, ebx                /* start_info stays in ebx */
 
         mov     eax, offset msg_hello
         call    serial_putline32
