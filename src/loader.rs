@@ -234,7 +234,8 @@ fn load_bzimage(
         .get(0x1f4..0x1f8)
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
         .unwrap_or(0);
-    if image.len() < setup_size || image.len() < setup_size + syssize * 16 {
+    // syssize counts 16-byte paragraphs, rounded up.
+    if image.len() < setup_size || image.len() + 15 < setup_size + syssize * 16 {
         return Err(corrupt(
             path,
             format!(

@@ -12,8 +12,8 @@ use gdbstub::conn::ConnectionExt;
 use gdbstub::stub::MultiThreadStopReason;
 use gdbstub::target::ext::base::BaseOps;
 use gdbstub::target::ext::base::multithread::{
-    MultiThreadBase, MultiThreadResume, MultiThreadResumeOps, MultiThreadSingleStep,
-    MultiThreadSingleStepOps,
+    MultiThreadBase, MultiThreadResume, MultiThreadResumeOps, MultiThreadSchedulerLocking,
+    MultiThreadSchedulerLockingOps, MultiThreadSingleStep, MultiThreadSingleStepOps,
 };
 use gdbstub::target::ext::base::single_register_access::{
     SingleRegisterAccess, SingleRegisterAccessOps,
@@ -39,6 +39,8 @@ const VCPU_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// What GDB asked each vCPU to do on the next resume.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Action {
+    /// No explicit action: continue, unless GDB locked the scheduler.
+    Default,
     Stay,
     Continue,
     Step,
@@ -63,7 +65,7 @@ pub struct GdbTarget {
 }
 
 fn tid_of(cpu: usize) -> Tid {
-    NonZeroUsize::new(cpu + 1).unwrap_or(NonZeroUsize::MIN)
+    NonZeroUsize::new(cpu.saturating_add(1)).unwrap_or(NonZeroUsize::MIN)
 }
 
 impl GdbTarget {
@@ -75,7 +77,7 @@ impl GdbTarget {
             wake: setup.wake,
             vm: setup.vm,
             pending: VecDeque::new(),
-            actions: vec![Action::Stay; n],
+            actions: vec![Action::Default; n],
             current_cpu: 0,
             address_space: AddressSpace::Virtual,
             breakpoints: Breakpoints::default(),
@@ -449,6 +451,11 @@ impl MultiThreadResume for GdbTarget {
             if action == Action::Stay {
                 continue;
             }
+            let action = if action == Action::Default {
+                Action::Continue
+            } else {
+                action
+            };
             match self.vcpu_request(cpu, VcpuDebug::EnableSinglestep(action == Action::Step))? {
                 VcpuDebugStatus::CommandComplete => {}
                 other => return Err(GdbError::VmRefused(format!("vCPU {cpu}: {other:?}"))),
@@ -459,7 +466,7 @@ impl MultiThreadResume for GdbTarget {
     }
 
     fn clear_resume_actions(&mut self) -> Result<(), Self::Error> {
-        self.actions.fill(Action::Stay);
+        self.actions.fill(Action::Default);
         Ok(())
     }
 
@@ -477,6 +484,21 @@ impl MultiThreadResume for GdbTarget {
     #[inline(always)]
     fn support_single_step(&mut self) -> Option<MultiThreadSingleStepOps<'_, Self>> {
         Some(self)
+    }
+
+    #[inline(always)]
+    fn support_scheduler_locking(&mut self) -> Option<MultiThreadSchedulerLockingOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl MultiThreadSchedulerLocking for GdbTarget {
+    /// Only the threads GDB named run (`set scheduler-locking on`, or a bare `vCont;s:N`).
+    fn set_resume_action_scheduler_lock(&mut self) -> Result<(), Self::Error> {
+        for a in self.actions.iter_mut().filter(|a| **a == Action::Default) {
+            *a = Action::Stay;
+        }
+        Ok(())
     }
 }
 
