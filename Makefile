@@ -1,0 +1,44 @@
+# minivmm: `make run` boots the bundled demo guest, `make test` runs everything CI runs.
+
+CARGO  ?= cargo
+BIN    := target/release/minivmm
+# The test guests are built from source by build.rs; this asks cargo where they went.
+GUESTS  = $(shell scripts/guests-dir --release)
+
+.PHONY: all build run test unit-test e2e-test debug-test guests bench lint linux linux-test clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+guests:
+	@echo "$(GUESTS)"
+
+## The main job: boot the demo guest and see its serial output.
+run: build
+	$(BIN) --kernel $(GUESTS)/hello64.elf
+
+## Everything CI runs: unit tests, end-to-end boot tests, the GDB suite, lints.
+test: lint
+	$(CARGO) test --release
+
+unit-test:
+	$(CARGO) test --release --bins
+
+e2e-test:
+	$(CARGO) test --release --test boot
+
+## The end-to-end GDB suite (needs /dev/kvm and gdb).
+debug-test:
+	$(CARGO) test --release --test gdb -- --test-threads=1
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+
+bench: build
+	python3 scripts/bench.py --minivmm $(BIN) --guests $(GUESTS)
+
+clean:
+	$(CARGO) clean
