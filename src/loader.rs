@@ -91,10 +91,13 @@ pub fn detect_format(image: &[u8]) -> Option<KernelFormat> {
 }
 
 /// What to boot, and with which memory.
+#[derive(Clone, Copy)]
 pub struct BootSpec<'a> {
     pub kernel: &'a Path,
     pub initrd: Option<&'a Path>,
     pub cmdline: &'a str,
+    /// Appended to the command line when the kernel is Linux (host workarounds).
+    pub linux_cmdline_extra: Option<&'a str>,
     /// End of RAM below the MMIO gap: all boot data and the kernel must fit under it.
     pub low_ram_end: u64,
     pub e820: &'a [E820Entry],
@@ -106,6 +109,25 @@ pub struct BootSpec<'a> {
 pub struct LoadedKernel {
     pub format: KernelFormat,
     pub entry: BootEntry,
+    /// The command line the kernel got.
+    pub cmdline: String,
+}
+
+/// Whether the image is a Linux kernel (not just any kernel in a Linux format): a bzImage
+/// with a kernel version string, or an ELF carrying Linux's banner.
+pub fn is_linux(image: &[u8]) -> bool {
+    match detect_format(image) {
+        Some(KernelFormat::BzImage) => {
+            let Some(ptr) = le_u16(image, 0x20e).filter(|&p| p != 0) else {
+                return false;
+            };
+            image
+                .get(0x200 + ptr as usize)
+                .is_some_and(|b| b.is_ascii_digit())
+        }
+        Some(KernelFormat::Elf) => image.windows(14).any(|w| w == b"Linux version "),
+        None => false,
+    }
 }
 
 fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>> {
@@ -123,6 +145,14 @@ pub fn load(mem: &GuestMem, spec: &BootSpec) -> Result<LoadedKernel> {
         return Err(LoaderError::Empty(spec.kernel.to_owned()));
     }
     let initrd = spec.initrd.map(|p| read_file("initrd", p)).transpose()?;
+    let full_cmdline = match spec.linux_cmdline_extra {
+        Some(extra) if is_linux(&image) => format!("{} {extra}", spec.cmdline),
+        _ => spec.cmdline.to_string(),
+    };
+    let spec = &BootSpec {
+        cmdline: &full_cmdline,
+        ..*spec
+    };
     let cmdline = spec.cmdline.as_bytes();
     if cmdline.contains(&0) {
         return Err(LoaderError::CmdlineNul);
@@ -322,6 +352,7 @@ fn load_bzimage(
             entry: load + 0x200,
             zero_page: ZERO_PAGE,
         },
+        cmdline: spec.cmdline.to_string(),
     })
 }
 
@@ -456,6 +487,7 @@ fn load_elf(
                 entry: entry.0,
                 start_info: PVH_START_INFO,
             },
+            cmdline: spec.cmdline.to_string(),
         });
     }
 
@@ -475,6 +507,7 @@ fn load_elf(
             entry: result.kernel_load.0,
             zero_page: ZERO_PAGE,
         },
+        cmdline: spec.cmdline.to_string(),
     })
 }
 
@@ -592,6 +625,7 @@ mod tests {
             kernel: &kpath,
             initrd: initrd.map(|_| ipath.as_path()),
             cmdline: "console=ttyS0 test=1",
+            linux_cmdline_extra: Some("quirk=1"),
             low_ram_end: low_ram_end(mem_mib),
             e820: &e820,
             acpi_rsdp: Some(0xe0000),
@@ -734,6 +768,30 @@ mod tests {
             boot(&[0x42; 8192], None, 16),
             Err(LoaderError::UnknownFormat(_))
         ));
+    }
+
+    #[test]
+    fn linux_kernels_are_told_apart_from_other_kernels() {
+        let mut linux = bzimage(0x020f, 1, 4096);
+        linux[0x20e..0x210].copy_from_slice(&0x100u16.to_le_bytes());
+        linux[0x300..0x306].copy_from_slice(b"6.1.0 ");
+        assert!(is_linux(&linux));
+        assert!(!is_linux(&bzimage(0x020f, 1, 4096)));
+        let mut vmlinux = elf(0x100000, 16, false);
+        vmlinux[0xa00..0xa0e].copy_from_slice(b"Linux version ");
+        assert!(is_linux(&vmlinux));
+        assert!(!is_linux(&elf(0x100000, 16, false)));
+    }
+
+    #[test]
+    fn host_workarounds_reach_only_linux() {
+        let mut linux = bzimage(0x020f, 1, 4096);
+        linux[0x20e..0x210].copy_from_slice(&0x100u16.to_le_bytes());
+        linux[0x300..0x306].copy_from_slice(b"6.1.0 ");
+        let (_, k) = boot(&linux, None, 64).unwrap();
+        assert_eq!(k.cmdline, "console=ttyS0 test=1 quirk=1");
+        let (_, k) = boot(&bzimage(0x020f, 1, 4096), None, 64).unwrap();
+        assert_eq!(k.cmdline, "console=ttyS0 test=1");
     }
 
     #[test]

@@ -74,6 +74,11 @@ struct Cli {
     /// With --gdb: start the VM at once; GDB can attach whenever it likes
     #[arg(long, requires = "gdb")]
     gdb_no_wait: bool,
+
+    /// On a host whose KVM emulates guest code (nested KVM without VMX/SVM), minivmm adds
+    /// 'noxsave clearcpuid=popcnt,ssse3' to a Linux kernel's command line; this prevents it
+    #[arg(long)]
+    no_host_workarounds: bool,
 }
 
 /// `1234` means 127.0.0.1:1234; `ADDR:PORT` is taken as given.
@@ -98,6 +103,7 @@ fn main() -> ExitCode {
         cpus: cli.cpus,
         gdb: cli.gdb,
         gdb_wait: !cli.gdb_no_wait,
+        host_workarounds: !cli.no_host_workarounds,
     };
     match vmm::run(&config) {
         Ok(outcome) => exit_for(outcome),

@@ -434,6 +434,18 @@ impl Vcpu {
                 // exactly where a debugger expects a software breakpoint stop.
                 return Next::DebugStop(DebugStop::SwBreak);
             }
+            match assist::emulate_unsupported(&self.fd, &bytes) {
+                Ok(Some(insn)) => {
+                    debug!("vCPU {}: emulated {insn:?} at {linear_rip:#x}", self.index);
+                    return Next::Continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Next::Stop(VcpuFault::Crashed(format!(
+                        "emulating an instruction failed: {e}"
+                    )));
+                }
+            }
             if assist::is_int3(&bytes) {
                 // Only a host that emulates guest code gets here: deliver the #BP the guest
                 // would have taken on hardware.

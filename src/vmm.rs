@@ -41,7 +41,13 @@ pub struct VmConfig {
     pub gdb: Option<SocketAddr>,
     /// With `gdb`: hold the VM before its first instruction until GDB attaches.
     pub gdb_wait: bool,
+    /// On a host that emulates guest code, add LINUX_EMULATED_HOST_ARGS to a Linux command line.
+    pub host_workarounds: bool,
 }
+
+/// Features such a host advertises in CPUID whatever minivmm asks, but cannot run: Linux must
+/// be told on its command line not to use them.
+pub const LINUX_EMULATED_HOST_ARGS: &str = "noxsave clearcpuid=popcnt,ssse3";
 
 #[derive(Debug, Error)]
 pub enum VmError {
@@ -282,25 +288,32 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
     }
     let rsdp = acpi::setup_acpi(&mem, cpus)?;
     let e820 = memory::e820_map(&ranges);
+    let quirks = probe_host(&kvm);
+    let workarounds =
+        (quirks.emulates_guest_code && config.host_workarounds).then_some(LINUX_EMULATED_HOST_ARGS);
     let spec = BootSpec {
         kernel: &config.kernel,
         initrd: config.initrd.as_deref(),
         cmdline: &config.cmdline,
+        linux_cmdline_extra: workarounds,
         low_ram_end: memory::low_ram_end(config.mem_mib),
         e820: &e820,
         acpi_rsdp: Some(rsdp.0),
     };
     let kernel = loader::load(&mem, &spec)?;
     debug!(
-        "loaded {:?} kernel, entry {:?}",
-        kernel.format, kernel.entry
+        "loaded {:?} kernel, entry {:?}, command line {:?}",
+        kernel.format, kernel.entry, kernel.cmdline
     );
-
-    let quirks = probe_host(&kvm);
     if quirks.emulates_guest_code {
         info!(
-            "this host's KVM emulates guest code: hiding CMPXCHG16B/XSAVE/AVX in CPUID and turning int3 emulation failures into #BP"
+            "this host's KVM emulates guest code: hiding CMPXCHG16B/XSAVE/AVX in CPUID, emulating int3/clac/stac/fwait where it fails"
         );
+        if kernel.cmdline != config.cmdline {
+            info!(
+                "added '{LINUX_EMULATED_HOST_ARGS}' to the Linux command line for this host (--no-host-workarounds to prevent)"
+            );
+        }
     }
     let vcpu_fds = setup_vcpus(&kvm, &vm, config, &quirks, &kernel.entry)?;
 

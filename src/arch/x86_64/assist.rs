@@ -42,6 +42,71 @@ pub fn insn_bytes(vcpu: &VcpuFd, mem: &GuestMem) -> (u64, Vec<u8>) {
     (linear, bytes)
 }
 
+const RFLAGS_AC: u64 = 1 << 18;
+const CLAC: [u8; 3] = [0x0f, 0x01, 0xca];
+const STAC: [u8; 3] = [0x0f, 0x01, 0xcb];
+const FWAIT: u8 = 0x9b;
+
+/// An instruction some emulating hosts cannot run, executed here with its exact effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Emulated {
+    /// CLAC: clear RFLAGS.AC (kernel mode only).
+    Clac,
+    /// STAC: set RFLAGS.AC (kernel mode only).
+    Stac,
+    /// FWAIT: nothing to wait for (minivmm never leaves x87 exceptions pending).
+    Fwait,
+}
+
+impl Emulated {
+    fn len(self) -> u64 {
+        match self {
+            Emulated::Clac | Emulated::Stac => 3,
+            Emulated::Fwait => 1,
+        }
+    }
+
+    /// The RFLAGS after the instruction.
+    fn rflags(self, rflags: u64) -> u64 {
+        match self {
+            Emulated::Clac => rflags & !RFLAGS_AC,
+            Emulated::Stac => rflags | RFLAGS_AC,
+            Emulated::Fwait => rflags,
+        }
+    }
+}
+
+/// Recognises the instructions minivmm emulates. CLAC/STAC fault with #UD outside ring 0, so
+/// they are only emulated at CPL 0 (the caller then reports the failure instead).
+pub fn decode_emulatable(bytes: &[u8], cpl: u8) -> Option<Emulated> {
+    if bytes.starts_with(&CLAC) && cpl == 0 {
+        Some(Emulated::Clac)
+    } else if bytes.starts_with(&STAC) && cpl == 0 {
+        Some(Emulated::Stac)
+    } else if bytes.first() == Some(&FWAIT) {
+        Some(Emulated::Fwait)
+    } else {
+        None
+    }
+}
+
+/// Runs the instruction at RIP if the host could not: returns what was emulated, or `None`
+/// when the bytes are not one minivmm knows how to run.
+pub fn emulate_unsupported(
+    vcpu: &VcpuFd,
+    bytes: &[u8],
+) -> Result<Option<Emulated>, kvm_ioctls::Error> {
+    let sregs = vcpu.get_sregs()?;
+    let Some(insn) = decode_emulatable(bytes, sregs.cs.dpl) else {
+        return Ok(None);
+    };
+    let mut regs = vcpu.get_regs()?;
+    regs.rflags = insn.rflags(regs.rflags);
+    regs.rip = regs.rip.wrapping_add(insn.len());
+    vcpu.set_regs(&regs)?;
+    Ok(Some(insn))
+}
+
 /// Whether an emulation failure at these bytes is an `int3` the guest itself executed.
 pub fn is_int3(bytes: &[u8]) -> bool {
     bytes.first() == Some(&INT3)
@@ -112,6 +177,41 @@ pub fn describe_state(vcpu: &VcpuFd, mem: &GuestMem) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decodes_the_assisted_instructions() {
+        assert_eq!(
+            decode_emulatable(&[0x0f, 0x01, 0xca, 0x90], 0),
+            Some(Emulated::Clac)
+        );
+        assert_eq!(
+            decode_emulatable(&[0x0f, 0x01, 0xcb], 0),
+            Some(Emulated::Stac)
+        );
+        assert_eq!(
+            decode_emulatable(&[0x0f, 0x01, 0xcb], 3),
+            None,
+            "STAC is ring-0 only"
+        );
+        assert_eq!(
+            decode_emulatable(&[0x9b, 0xdb, 0xe2], 3),
+            Some(Emulated::Fwait)
+        );
+        assert_eq!(
+            decode_emulatable(&[0x0f, 0x01, 0xc8], 0),
+            None,
+            "MONITOR is not assisted"
+        );
+        assert_eq!(decode_emulatable(&[0x0f, 0x01], 0), None, "truncated");
+    }
+
+    #[test]
+    fn emulation_has_the_architectural_effect() {
+        assert_eq!(Emulated::Stac.rflags(0x2), 0x2 | RFLAGS_AC);
+        assert_eq!(Emulated::Clac.rflags(0x2 | RFLAGS_AC | 0x200), 0x202);
+        assert_eq!(Emulated::Fwait.rflags(0x246), 0x246);
+        assert_eq!((Emulated::Clac.len(), Emulated::Fwait.len()), (3, 1));
+    }
 
     #[test]
     fn recognises_int3_only() {
