@@ -40,5 +40,13 @@ lint:
 bench: build
 	python3 scripts/bench.py --minivmm $(BIN) --guests $(GUESTS)
 
+## A stock Debian kernel with minivmm's tiny initramfs (downloads it once into ~/.cache/minivmm).
+linux: build
+	MINIVMM=$(BIN) scripts/linux.sh
+
+## The full Linux boot to the initramfs marker, as a test (minutes on an emulating host).
+linux-test:
+	$(CARGO) test --release --test linux -- --include-ignored
+
 clean:
 	$(CARGO) clean

@@ -31,6 +31,8 @@ enum Kind {
     Pvh,
     /// Linux boot protocol bzImage: setup sectors + flat payload at 1 MiB.
     BzImage,
+    /// Not a guest kernel: a static 32-bit Linux program (the initramfs /init).
+    LinuxUser32,
 }
 
 struct Guest {
@@ -58,6 +60,7 @@ const GUESTS: &[Guest] = &[
     Guest { name: "flood-pvh.elf", sources: &["flood-pvh.S", LIB32], kind: Kind::Pvh },
     Guest { name: "gdbtest.elf", sources: &["gdbtest.S", LIB64], kind: Kind::Elf64 },
     Guest { name: "gdbtest-smp.elf", sources: &["gdbtest-smp.S", "smp-boot.S", LIB64], kind: Kind::Elf64 },
+    Guest { name: "linux-init", sources: &["linux-init.S"], kind: Kind::LinuxUser32 },
 ];
 
 /// Linker script shared by all ELF guests and the bzImage payload.
@@ -83,6 +86,7 @@ fn main() {
             Kind::Elf64 => b.elf64(guest),
             Kind::Pvh => b.pvh(guest),
             Kind::BzImage => b.bzimage(guest),
+            Kind::LinuxUser32 => b.linux_user32(guest),
         }
     }
 
@@ -164,6 +168,39 @@ impl Builder {
         image.extend_from_slice(&payload);
         let out = self.out_dir.join(guest.name);
         fs::write(&out, image).unwrap_or_else(|e| panic!("writing {}: {e}", out.display()));
+    }
+
+    /// A static i386 Linux executable: no libc, no dynamic loader.
+    fn linux_user32(&self, guest: &Guest) {
+        let mut objs = Vec::new();
+        for source in guest.sources {
+            let obj = self.obj_dir.join(Path::new(source).with_extension("o"));
+            run(Command::new(CC)
+                .args([
+                    "-c",
+                    "-m32",
+                    "-nostdinc",
+                    "-ffreestanding",
+                    "-Wa,--noexecstack",
+                ])
+                .arg("-o")
+                .arg(&obj)
+                .arg(self.src_dir.join(source)));
+            objs.push(obj);
+        }
+        run(Command::new(LD)
+            .args([
+                "-m",
+                "elf_i386",
+                "-static",
+                "-nostdlib",
+                "--build-id=none",
+                "-z",
+                "noexecstack",
+            ])
+            .arg("-o")
+            .arg(self.out_dir.join(guest.name))
+            .args(&objs));
     }
 
     fn assemble_all(&self, sources: &[&str], defines: &[String]) -> Vec<PathBuf> {

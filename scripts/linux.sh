@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Boots Debian's stock cloud kernel with minivmm's tiny initramfs (see fetch-linux.sh and
+# mkinitramfs.py). Extra arguments go to minivmm (e.g. --gdb 1234, --cmdline '... minivmm.shell').
+#   MINIVMM   the minivmm binary (default: target/release/minivmm)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+minivmm="${MINIVMM:-target/release/minivmm}"
+guests=$(scripts/guests-dir --release)
+linux=$(scripts/fetch-linux.sh)
+initrd="$linux/initramfs.cpio.gz"
+python3 scripts/mkinitramfs.py --init "$guests/linux-init" --busybox "$linux/busybox" -o "$initrd"
+
+echo "booting $(cat "$linux/package") with 2 vCPUs (about 4 minutes on an emulating nested-KVM host)" >&2
+exec "$minivmm" --kernel "$linux/vmlinuz" --initrd "$initrd" --cpus 2 --mem 512 \
+    --cmdline "console=ttyS0 reboot=k cryptomgr.notests" "$@"
