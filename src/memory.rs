@@ -29,8 +29,11 @@ pub enum MemoryError {
         source: vm_memory::mmap::FromRangesError,
     },
     /// KVM refused a memory slot.
-    #[error("KVM_SET_USER_MEMORY_REGION failed: {0}")]
+    #[error("KVM refused the guest memory ({0}): try a smaller --mem")]
     Register(std::io::Error),
+    /// More guest memory than the host has.
+    #[error("--mem {asked} MiB is more than this host's memory ({host} MiB): give less")]
+    MoreThanHost { asked: u64, host: u64 },
 }
 
 /// Kinds of e820 entries, with the numbers the BIOS interface uses.
@@ -64,8 +67,28 @@ pub fn ram_ranges(mem_mib: u64) -> Result<Vec<(u64, u64)>, MemoryError> {
     }
 }
 
+/// Host RAM plus swap in MiB, from /proc/meminfo (None if it cannot be read).
+fn host_memory_mib() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = |key: &str| -> Option<u64> {
+        let line = info.lines().find(|l| l.starts_with(key))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some((kib("MemTotal:")? + kib("SwapTotal:").unwrap_or(0)) / 1024)
+}
+
 /// Allocates guest RAM (anonymous, private, not touched until the guest uses it).
 pub fn create_guest_memory(mem_mib: u64) -> Result<GuestMem, MemoryError> {
+    // The mapping itself would succeed (it is not reserved up front); the guest would be
+    // killed later, at the worst moment. Refuse now instead.
+    if let Some(host) = host_memory_mib()
+        && mem_mib > host
+    {
+        return Err(MemoryError::MoreThanHost {
+            asked: mem_mib,
+            host,
+        });
+    }
     let ranges: Vec<(GuestAddress, usize)> = ram_ranges(mem_mib)?
         .into_iter()
         .map(|(start, size)| (GuestAddress(start), size as usize))

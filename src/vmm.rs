@@ -57,7 +57,9 @@ pub enum VmError {
     OpenKvm(kvm_ioctls::Error),
     #[error("/dev/kvm speaks KVM API version {0}, minivmm needs version {KVM_API_VERSION}")]
     KvmVersion(i32),
-    #[error("--cpus {asked}: give between 1 and {max} (this host's KVM allows {max})")]
+    #[error(
+        "--cpus {asked}: give between 1 and {max} (the most this host's KVM and x86 APIC IDs allow)"
+    )]
     BadCpuCount { asked: u32, max: u32 },
     #[error(transparent)]
     Memory(#[from] memory::MemoryError),

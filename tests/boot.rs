@@ -531,3 +531,12 @@ fn sigterm_ends_a_running_vm_with_143() {
 fn sigint_ends_a_running_vm_with_130() {
     check_signal_ends_vm(libc::SIGINT, 130);
 }
+
+#[test]
+fn rejects_more_memory_than_the_host_has() {
+    // Far beyond any CI machine; the mapping alone would not fail, so minivmm must check.
+    assert_setup_error(
+        &["--kernel", &hello64(), "--mem", "16000000"],
+        "more than this host's memory",
+    );
+}
