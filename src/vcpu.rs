@@ -16,8 +16,10 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::arch::assist;
-use crate::arch::debug::{self as archdebug, AddressSpace, DebugConfig, DebugExit, DebugStop};
-use crate::arch::debugreg::{HwSlot, NUM_SLOTS};
+use crate::arch::debug::{
+    self as archdebug, AddressSpace, DebugConfig, DebugExit, DebugStop, SoftWatch,
+};
+use crate::arch::debugreg::{HwBreakKind, HwSlot, NUM_SLOTS};
 use crate::arch::gdb::X86_64KvmRegs;
 use crate::arch::paging::Translation;
 use crate::devices::PioBus;
@@ -49,6 +51,9 @@ pub enum VcpuDebug {
     SetHwBreakPoint([Option<HwSlot>; NUM_SLOTS]),
     /// Linear addresses of the software breakpoints the debugger planted.
     SetSwBreakPoints(Vec<u64>),
+    /// Write watchpoints (address, length) emulated by single-stepping, for hosts whose data
+    /// breakpoints never fire.
+    SetSoftWatchpoints(Vec<(u64, usize)>),
     /// Walk the page tables for a virtual address.
     Translate(u64),
     /// Control, segment, descriptor-table and debug registers as text.
@@ -197,6 +202,7 @@ struct DebugState {
     config: DebugConfig,
     /// Sorted linear addresses of planted software breakpoints.
     sw_breakpoints: Vec<u64>,
+    soft_watches: Vec<SoftWatch>,
 }
 
 impl Vcpu {
@@ -299,7 +305,22 @@ impl Vcpu {
         self.fd.set_kvm_immediate_exit(0);
     }
 
+    /// Programs KVM only when the debug configuration actually changed.
+    fn apply_debug(
+        &self,
+        debug: &mut DebugState,
+        change: impl FnOnce(&mut DebugConfig),
+    ) -> Result<VcpuDebugStatus, String> {
+        let before = debug.config.clone();
+        change(&mut debug.config);
+        if debug.config != before {
+            archdebug::set_guest_debug(&self.fd, &debug.config)?;
+        }
+        Ok(VcpuDebugStatus::CommandComplete)
+    }
+
     fn serve_debug(&mut self, req: VcpuDebug, debug: &mut DebugState) -> VcpuDebugStatus {
+        let block_irq = self.block_irq_when_stepping;
         let result = match req {
             VcpuDebug::ReadRegs => {
                 archdebug::read_registers(&self.fd).map(|r| VcpuDebugStatus::RegValues(Box::new(r)))
@@ -316,23 +337,26 @@ impl Vcpu {
             VcpuDebug::WriteMem(addr, data, space) => archdebug::paging_context(&self.fd)
                 .and_then(|ctx| archdebug::write_memory(&self.mem, &ctx, space, addr, &data))
                 .map(|_| VcpuDebugStatus::CommandComplete),
-            VcpuDebug::EnableSinglestep(on) => {
-                debug.config.single_step = on;
-                debug.config.block_irq = self.block_irq_when_stepping;
-                archdebug::set_guest_debug(&self.fd, &debug.config)
-                    .map(|_| VcpuDebugStatus::CommandComplete)
-            }
-            VcpuDebug::SetHwBreakPoint(slots) => {
-                debug.config.hw_slots = slots;
-                archdebug::set_guest_debug(&self.fd, &debug.config)
-                    .map(|_| VcpuDebugStatus::CommandComplete)
-            }
+            VcpuDebug::EnableSinglestep(on) => self.apply_debug(debug, |c| {
+                c.single_step = on;
+                c.block_irq = block_irq;
+            }),
+            VcpuDebug::SetHwBreakPoint(slots) => self.apply_debug(debug, |c| c.hw_slots = slots),
             VcpuDebug::SetSwBreakPoints(mut addrs) => {
                 addrs.sort_unstable();
-                debug.config.sw_breakpoints = !addrs.is_empty();
+                let any = !addrs.is_empty();
                 debug.sw_breakpoints = addrs;
-                archdebug::set_guest_debug(&self.fd, &debug.config)
-                    .map(|_| VcpuDebugStatus::CommandComplete)
+                self.apply_debug(debug, |c| c.sw_breakpoints = any)
+            }
+            VcpuDebug::SetSoftWatchpoints(watches) => {
+                archdebug::paging_context(&self.fd).and_then(|ctx| {
+                    debug.soft_watches = watches
+                        .iter()
+                        .map(|&(addr, len)| SoftWatch::new(&self.mem, &ctx, addr, len))
+                        .collect();
+                    let any = !watches.is_empty();
+                    self.apply_debug(debug, |c| c.watch_stepping = any)
+                })
             }
             VcpuDebug::Translate(vaddr) => archdebug::paging_context(&self.fd).map(|ctx| {
                 VcpuDebugStatus::Translation(
@@ -346,7 +370,23 @@ impl Vcpu {
         result.unwrap_or_else(VcpuDebugStatus::Error)
     }
 
-    fn run_once(&mut self, debug: &DebugState) -> Next {
+    /// The first emulated watchpoint whose memory changed, as a stop.
+    fn soft_watch_hit(&self, debug: &mut DebugState) -> Option<DebugStop> {
+        let ctx = archdebug::paging_context(&self.fd).ok()?;
+        let mut hit = None;
+        for w in debug.soft_watches.iter_mut() {
+            // Every watch refreshes its snapshot, so one write is reported once.
+            if w.changed(&self.mem, &ctx) && hit.is_none() {
+                hit = Some(DebugStop::Watch {
+                    addr: w.addr,
+                    kind: HwBreakKind::Write,
+                });
+            }
+        }
+        hit
+    }
+
+    fn run_once(&mut self, debug: &mut DebugState) -> Next {
         let exit = match self.fd.run() {
             Ok(exit) => exit,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -397,7 +437,14 @@ impl Vcpu {
             VcpuExit::Debug(arch) => {
                 let ours = |pc: u64| debug.sw_breakpoints.binary_search(&pc).is_ok();
                 match archdebug::classify_debug_exit(&arch, &debug.config, ours) {
+                    DebugExit::Stop(DebugStop::Step) => {
+                        Next::DebugStop(self.soft_watch_hit(debug).unwrap_or(DebugStop::Step))
+                    }
                     DebugExit::Stop(stop) => Next::DebugStop(stop),
+                    DebugExit::WatchStep => match self.soft_watch_hit(debug) {
+                        Some(stop) => Next::DebugStop(stop),
+                        None => Next::Continue,
+                    },
                     DebugExit::GuestBreakpoint => self.reinject(3),
                     DebugExit::GuestDebugTrap => self.reinject(1),
                 }

@@ -396,7 +396,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
     };
     if config.gdb.is_some() && !quirks.data_watchpoints_fire {
         info!(
-            "this host's KVM never fires data breakpoints: GDB watchpoints will be software watchpoints (slow, but they work)"
+            "this host's KVM never fires data breakpoints: minivmm emulates GDB's write watchpoints by single-stepping (slow) and refuses rwatch/awatch"
         );
     }
     drop(events_tx);

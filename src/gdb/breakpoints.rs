@@ -11,7 +11,7 @@ use gdbstub::target::ext::breakpoints::{
 use log::{debug, info};
 
 use super::target::GdbTarget;
-use crate::arch::debugreg::{self, HwBreakKind, HwSlot, HwSlots};
+use crate::arch::debugreg::{self, HwBreakKind, HwSlot, HwSlots, NUM_SLOTS};
 use crate::vcpu::VcpuDebug;
 
 const INT3: u8 = 0xcc;
@@ -25,15 +25,19 @@ struct Watch {
     pieces: Vec<HwSlot>,
 }
 
-/// The breakpoint table. Changes are recorded here and pushed to the vCPUs once, just before
-/// the VM resumes, so a GDB that re-inserts all breakpoints at every stop costs few requests.
+/// The breakpoint table. Changes are recorded here and pushed to the vCPUs just before the VM
+/// resumes, and only when they differ from what the vCPUs have: GDB removes and re-inserts
+/// every breakpoint around each stop, which then costs nothing.
 #[derive(Default)]
 pub struct Breakpoints {
     /// Planted software breakpoints: address → the byte the int3 replaced.
     sw: BTreeMap<u64, u8>,
     hw: HwSlots,
     watches: Vec<Watch>,
-    dirty: bool,
+    /// What the vCPUs were last given.
+    synced_sw: Option<Vec<u64>>,
+    synced_hw: Option<[Option<HwSlot>; NUM_SLOTS]>,
+    synced_soft: Option<Vec<(u64, usize)>>,
 }
 
 impl Breakpoints {
@@ -62,20 +66,39 @@ impl Breakpoints {
     pub fn watch_for_hit(&self, hit: u64) -> Option<(u64, WatchKind)> {
         self.watches
             .iter()
-            .find(|w| w.pieces.iter().any(|p| p.addr == hit))
+            .find(|w| w.addr == hit || w.pieces.iter().any(|p| p.addr == hit))
             .map(|w| (w.addr, w.kind))
+    }
+
+    /// Watchpoints minivmm emulates by stepping (those without debug-register pieces).
+    fn soft_watches(&self) -> Vec<(u64, usize)> {
+        self.watches
+            .iter()
+            .filter(|w| w.pieces.is_empty())
+            .map(|w| (w.addr, w.len as usize))
+            .collect()
     }
 
     /// Pushes the table to every vCPU if it changed since the last resume.
     pub fn sync_to_vcpus(target: &mut GdbTarget) -> TargetResult<(), GdbTarget> {
-        if !target.breakpoints.dirty {
-            return Ok(());
-        }
         let sw: Vec<u64> = target.breakpoints.sw.keys().copied().collect();
+        if target.breakpoints.synced_sw.as_ref() != Some(&sw) {
+            target.breakpoints.synced_sw = None;
+            target.all_vcpus(|| VcpuDebug::SetSwBreakPoints(sw.clone()))?;
+            target.breakpoints.synced_sw = Some(sw);
+        }
+        let soft = target.breakpoints.soft_watches();
+        if target.breakpoints.synced_soft.as_ref() != Some(&soft) {
+            target.breakpoints.synced_soft = None;
+            target.all_vcpus(|| VcpuDebug::SetSoftWatchpoints(soft.clone()))?;
+            target.breakpoints.synced_soft = Some(soft);
+        }
         let hw = *target.breakpoints.hw.slots();
-        target.all_vcpus(|| VcpuDebug::SetSwBreakPoints(sw.clone()))?;
-        target.all_vcpus(|| VcpuDebug::SetHwBreakPoint(hw))?;
-        target.breakpoints.dirty = false;
+        if target.breakpoints.synced_hw != Some(hw) {
+            target.breakpoints.synced_hw = None;
+            target.all_vcpus(|| VcpuDebug::SetHwBreakPoint(hw))?;
+            target.breakpoints.synced_hw = Some(hw);
+        }
         Ok(())
     }
 
@@ -97,7 +120,6 @@ impl Breakpoints {
         b.sw.clear();
         b.hw.clear();
         b.watches.clear();
-        b.dirty = true;
         Breakpoints::sync_to_vcpus(target)?;
         result
     }
@@ -118,11 +140,7 @@ impl BreakpointsExt for GdbTarget {
     /// falls back to its own (single-stepping) software watchpoints instead of waiting forever.
     #[inline(always)]
     fn support_hw_watchpoint(&mut self) -> Option<HwWatchpointOps<'_, Self>> {
-        if self.watchpoints_work {
-            Some(self)
-        } else {
-            None
-        }
+        Some(self)
     }
 }
 
@@ -140,7 +158,6 @@ impl SwBreakpoint for GdbTarget {
             return Ok(false);
         }
         self.breakpoints.sw.insert(addr, orig);
-        self.breakpoints.dirty = true;
         Ok(true)
     }
 
@@ -148,7 +165,6 @@ impl SwBreakpoint for GdbTarget {
         let Some(orig) = self.breakpoints.sw.remove(&addr) else {
             return Ok(false);
         };
-        self.breakpoints.dirty = true;
         let cpu = self.current_cpu;
         self.write_raw(cpu, addr, &[orig])?;
         Ok(true)
@@ -163,10 +179,7 @@ impl HwBreakpoint for GdbTarget {
             len: 1,
         };
         match self.breakpoints.hw.add(slot) {
-            Ok(_) => {
-                self.breakpoints.dirty = true;
-                Ok(true)
-            }
+            Ok(_) => Ok(true),
             Err(e) => {
                 info!("hardware breakpoint at {addr:#x} refused: {e}");
                 Ok(false)
@@ -175,13 +188,44 @@ impl HwBreakpoint for GdbTarget {
     }
 
     fn remove_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        let removed = self
+        Ok(self
             .breakpoints
             .hw
             .remove(addr, HwBreakKind::Execute, 1)
-            .is_ok();
-        self.breakpoints.dirty |= removed;
-        Ok(removed)
+            .is_ok())
+    }
+}
+
+/// The most bytes one emulated watchpoint compares after each instruction.
+const SOFT_WATCH_MAX_LEN: u64 = 4096;
+
+impl GdbTarget {
+    /// A write watchpoint on a host whose data breakpoints never fire: the vCPUs step every
+    /// instruction and compare the watched bytes. Reads cannot be seen that way, so
+    /// `rwatch`/`awatch` are refused.
+    fn add_soft_watchpoint(&mut self, addr: u64, len: u64, kind: WatchKind) -> bool {
+        if kind != WatchKind::Write {
+            info!(
+                "read/access watchpoint at {addr:#x} refused: this host's KVM never fires data breakpoints"
+            );
+            return false;
+        }
+        if len == 0 || len > SOFT_WATCH_MAX_LEN || addr.checked_add(len).is_none() {
+            info!(
+                "watchpoint at {addr:#x} ({len} bytes) refused: emulated watchpoints cover 1 to {SOFT_WATCH_MAX_LEN} bytes"
+            );
+            return false;
+        }
+        info!(
+            "watchpoint at {addr:#x} ({len} bytes) emulated by single-stepping: the guest runs much slower while it is set"
+        );
+        self.breakpoints.watches.push(Watch {
+            addr,
+            len,
+            kind,
+            pieces: Vec::new(),
+        });
+        true
     }
 }
 
@@ -200,6 +244,9 @@ impl HwWatchpoint for GdbTarget {
         len: u64,
         kind: WatchKind,
     ) -> TargetResult<bool, Self> {
+        if !self.watchpoints_work {
+            return Ok(self.add_soft_watchpoint(addr, len, kind));
+        }
         let pieces: Vec<HwSlot> = match debugreg::split_watch_range(addr, len) {
             Ok(p) => p
                 .into_iter()
@@ -228,7 +275,6 @@ impl HwWatchpoint for GdbTarget {
             kind,
             pieces,
         });
-        self.breakpoints.dirty = true;
         Ok(true)
     }
 
@@ -250,7 +296,6 @@ impl HwWatchpoint for GdbTarget {
         for p in &w.pieces {
             let _ = b.hw.remove(p.addr, p.kind, p.len);
         }
-        b.dirty = true;
         Ok(true)
     }
 }

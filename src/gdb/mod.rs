@@ -4,11 +4,14 @@
 //! resumes the whole VM through `VmRequest`s to the VMM's control loop.
 
 mod breakpoints;
+mod conn;
 mod monitor;
 mod target;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+
+use conn::BufferedConn;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +32,8 @@ pub use target::GdbTarget;
 
 /// Large packets make memory dumps fast: GDB sizes its `m` requests from this.
 const PACKET_BUFFER_SIZE: usize = 0x2_0000;
+/// The most one `m` request from a well-behaved GDB can ask for (hex doubles the size).
+const MAX_READ_PER_REQUEST: usize = PACKET_BUFFER_SIZE / 2;
 
 #[derive(Debug, Error)]
 pub enum GdbError {
@@ -38,6 +43,8 @@ pub enum GdbError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error("cannot start the GDB thread: {0}")]
     Thread(io::Error),
+    #[error("GDB asked for thread {0}, which does not exist")]
+    NoSuchThread(usize),
     #[error("vCPU {0} is gone")]
     VcpuGone(usize),
     #[error("vCPU {0} did not answer")]
@@ -118,8 +125,6 @@ fn serve(
                 continue;
             }
         };
-        // Every packet is a round trip; do not let Nagle hold replies back.
-        let _ = stream.set_nodelay(true);
         attached.store(true, Ordering::SeqCst);
         let reason = run_session(&mut target, stream);
         attached.store(false, Ordering::SeqCst);
@@ -164,7 +169,7 @@ fn run_session(
     stream: TcpStream,
 ) -> Result<DisconnectReason, SessionError> {
     target.attach()?;
-    let gdb = GdbStubBuilder::new(stream)
+    let gdb = GdbStubBuilder::new(BufferedConn::new(stream))
         .packet_buffer_size(PACKET_BUFFER_SIZE)
         .build()
         .map_err(|e| io::Error::other(e.to_string()))?;
@@ -196,8 +201,11 @@ pub enum Waited {
     Stopped(MultiThreadStopReason<u64>),
 }
 
-/// Blocks until the socket has a byte or the wake eventfd fires.
-fn poll_two(conn: &TcpStream, wake: &EventFd) -> io::Result<(bool, bool)> {
+/// Blocks until the connection has a byte or the wake eventfd fires.
+fn poll_two(conn: &BufferedConn, wake: &EventFd) -> io::Result<(bool, bool)> {
+    if conn.has_buffered_input() {
+        return Ok((true, false));
+    }
     let mut fds = [
         libc::pollfd {
             fd: conn.as_raw_fd(),

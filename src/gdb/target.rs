@@ -1,7 +1,6 @@
 //! The gdbstub `Target`: every vCPU is a GDB thread (tid = vCPU index + 1), all-stop.
 
 use std::collections::VecDeque;
-use std::net::TcpStream;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel};
@@ -26,6 +25,7 @@ use log::{debug, warn};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::breakpoints::Breakpoints;
+use super::conn::BufferedConn;
 use super::{GdbError, GdbSetup, Waited, poll_two};
 use crate::arch::debug::{AddressSpace, DebugStop};
 use crate::arch::gdb::{X86_64Kvm, X86_64KvmRegId, X86_64KvmRegs, read_reg, write_reg};
@@ -54,6 +54,9 @@ pub struct GdbTarget {
     /// Stop notifications that arrived while we waited for something else.
     pending: VecDeque<VcpuDebugStatusMessage>,
     actions: Vec<Action>,
+    /// The vCPUs the last resume let run: only their stops may be reported now; other
+    /// vCPUs' stops stay queued until GDB resumes them (scheduler locking).
+    running: Vec<bool>,
     /// The vCPU GDB last looked at: the one `monitor` commands talk about.
     pub(super) current_cpu: usize,
     /// `monitor phys on`: addresses are guest-physical.
@@ -78,6 +81,7 @@ impl GdbTarget {
             vm: setup.vm,
             pending: VecDeque::new(),
             actions: vec![Action::Default; n],
+            running: vec![false; n],
             current_cpu: 0,
             address_space: AddressSpace::Virtual,
             breakpoints: Breakpoints::default(),
@@ -85,6 +89,17 @@ impl GdbTarget {
             vm_paused: setup.vm_starts_paused,
             vm_ended: None,
         }
+    }
+
+    /// Records GDB's action for a thread; a thread that does not exist ends the session
+    /// (resuming nothing would leave GDB waiting forever).
+    fn set_action(&mut self, tid: Tid, action: Action) -> Result<(), GdbError> {
+        let slot = self
+            .actions
+            .get_mut(tid.get() - 1)
+            .ok_or(GdbError::NoSuchThread(tid.get()))?;
+        *slot = action;
+        Ok(())
     }
 
     pub fn vm_paused_for_gdb(&self) -> bool {
@@ -248,9 +263,13 @@ impl GdbTarget {
     }
 
     /// Waits for GDB input or a vCPU stop, whichever comes first.
-    pub fn wait_for_stop(&mut self, conn: &mut TcpStream) -> Result<Waited, super::SessionError> {
+    pub fn wait_for_stop(
+        &mut self,
+        conn: &mut BufferedConn,
+    ) -> Result<Waited, super::SessionError> {
         loop {
-            if let Some(m) = self.pending.pop_front()
+            if let Some(i) = self.pending.iter().position(|m| self.reportable(m))
+                && let Some(m) = self.pending.remove(i)
                 && let Some(reason) = self.stop_reason(m)
             {
                 return Ok(Waited::Stopped(reason));
@@ -264,12 +283,29 @@ impl GdbTarget {
                 let _ = self.wake.read();
                 loop {
                     match self.from_vcpu.try_recv() {
-                        Ok(m) => self.pending.push_back(m),
+                        Ok(m)
+                            if matches!(
+                                m.msg,
+                                VcpuDebugStatus::Stopped(_) | VcpuDebugStatus::VmEnded(_)
+                            ) =>
+                        {
+                            self.pending.push_back(m)
+                        }
+                        Ok(m) => debug!("stale answer from vCPU {}: {:?}", m.cpu, m.msg),
                         Err(TryRecvError::Empty) => break,
                         Err(TryRecvError::Disconnected) => return Err(GdbError::VcpuGone(0).into()),
                     }
                 }
             }
+        }
+    }
+
+    /// Whether a queued notification can be reported now.
+    fn reportable(&self, m: &VcpuDebugStatusMessage) -> bool {
+        match m.msg {
+            VcpuDebugStatus::VmEnded(_) => true,
+            VcpuDebugStatus::Stopped(_) => self.running.get(m.cpu).copied().unwrap_or(false),
+            _ => false,
         }
     }
 
@@ -358,6 +394,11 @@ impl MultiThreadBase for GdbTarget {
     }
 
     fn read_addrs(&mut self, start: u64, data: &mut [u8], tid: Tid) -> TargetResult<usize, Self> {
+        // GDB sizes `m` requests to fit its packet size; a longer chunk can only come from a
+        // malformed request, which gdbstub would otherwise stream through all of RAM.
+        if data.len() > super::MAX_READ_PER_REQUEST {
+            return Err(TargetError::NonFatal);
+        }
         let cpu = self.cpu_of(tid)?;
         let bytes = self.read_raw(cpu, start, data.len())?;
         if bytes.is_empty() && !data.is_empty() {
@@ -434,13 +475,10 @@ impl SingleRegisterAccess<Tid> for GdbTarget {
 
 impl MultiThreadResume for GdbTarget {
     fn resume(&mut self) -> Result<(), Self::Error> {
-        // A stop that arrived while GDB was busy is reported before anything runs again.
-        if self.pending.iter().any(|m| {
-            matches!(
-                m.msg,
-                VcpuDebugStatus::Stopped(_) | VcpuDebugStatus::VmEnded(_)
-            )
-        }) {
+        // A stop that arrived while GDB was busy, from a vCPU GDB now resumes, is reported
+        // before anything runs again.
+        self.running = self.actions.iter().map(|a| *a != Action::Stay).collect();
+        if self.pending.iter().any(|m| self.reportable(m)) {
             return Ok(());
         }
         Breakpoints::sync_to_vcpus(self)
@@ -475,10 +513,7 @@ impl MultiThreadResume for GdbTarget {
         tid: Tid,
         _signal: Option<Signal>,
     ) -> Result<(), Self::Error> {
-        if let Some(a) = self.actions.get_mut(tid.get() - 1) {
-            *a = Action::Continue;
-        }
-        Ok(())
+        self.set_action(tid, Action::Continue)
     }
 
     #[inline(always)]
@@ -508,9 +543,6 @@ impl MultiThreadSingleStep for GdbTarget {
         tid: Tid,
         _signal: Option<Signal>,
     ) -> Result<(), Self::Error> {
-        if let Some(a) = self.actions.get_mut(tid.get() - 1) {
-            *a = Action::Step;
-        }
-        Ok(())
+        self.set_action(tid, Action::Step)
     }
 }

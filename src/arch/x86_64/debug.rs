@@ -34,6 +34,9 @@ pub struct DebugConfig {
     pub hw_slots: [Option<HwSlot>; NUM_SLOTS],
     /// Use KVM_GUESTDBG_BLOCKIRQ while stepping (only where the host supports it).
     pub block_irq: bool,
+    /// Step every instruction to check watched memory: write watchpoints on a host whose
+    /// data breakpoints never fire. Interrupts are not blocked: their handlers write too.
+    pub watch_stepping: bool,
 }
 
 /// Programs KVM_SET_GUEST_DEBUG from `config`; an empty config turns debugging off, so an
@@ -41,14 +44,15 @@ pub struct DebugConfig {
 pub fn set_guest_debug(vcpu: &VcpuFd, config: &DebugConfig) -> Result<(), String> {
     let mut dbg = kvm_guest_debug::default();
     let hw_used = config.hw_slots.iter().any(Option::is_some);
-    if config.single_step || config.sw_breakpoints || hw_used {
+    let stepping = config.single_step || config.watch_stepping;
+    if stepping || config.sw_breakpoints || hw_used {
         dbg.control = KVM_GUESTDBG_ENABLE;
     }
-    if config.single_step {
+    if stepping {
         dbg.control |= KVM_GUESTDBG_SINGLESTEP;
-        if config.block_irq {
-            dbg.control |= KVM_GUESTDBG_BLOCKIRQ;
-        }
+    }
+    if config.single_step && config.block_irq {
+        dbg.control |= KVM_GUESTDBG_BLOCKIRQ;
     }
     if config.sw_breakpoints {
         dbg.control |= KVM_GUESTDBG_USE_SW_BP;
@@ -83,6 +87,8 @@ pub enum DebugExit {
     GuestBreakpoint,
     /// A #DB the debugger did not ask for: hand it back too.
     GuestDebugTrap,
+    /// A step taken only to check software-emulated watchpoints.
+    WatchStep,
 }
 
 /// Interprets a debug exit. `is_our_sw_breakpoint` says whether a software breakpoint is
@@ -107,13 +113,43 @@ pub fn classify_debug_exit(
                     });
                 }
             }
-            if exit.dr6 & DR6_BS != 0 || config.single_step {
+            if config.single_step {
+                DebugExit::Stop(DebugStop::Step)
+            } else if exit.dr6 & DR6_BS != 0 && config.watch_stepping {
+                DebugExit::WatchStep
+            } else if exit.dr6 & DR6_BS != 0 {
                 DebugExit::Stop(DebugStop::Step)
             } else {
                 DebugExit::GuestDebugTrap
             }
         }
         _ => DebugExit::GuestDebugTrap,
+    }
+}
+
+/// A write watchpoint emulated by comparing memory after every instruction.
+#[derive(Clone, Debug)]
+pub struct SoftWatch {
+    pub addr: u64,
+    len: usize,
+    last: Vec<u8>,
+}
+
+impl SoftWatch {
+    /// Starts watching `[addr, addr + len)` from its current contents.
+    pub fn new(mem: &GuestMem, ctx: &PagingContext, addr: u64, len: usize) -> SoftWatch {
+        let last = read_memory(mem, ctx, AddressSpace::Virtual, addr, len);
+        SoftWatch { addr, len, last }
+    }
+
+    /// Whether the watched bytes changed since the last look (and remembers them).
+    pub fn changed(&mut self, mem: &GuestMem, ctx: &PagingContext) -> bool {
+        let now = read_memory(mem, ctx, AddressSpace::Virtual, self.addr, self.len);
+        if now == self.last {
+            return false;
+        }
+        self.last = now;
+        true
     }
 }
 
@@ -139,13 +175,40 @@ fn kernel_gs_base(vcpu: &VcpuFd) -> Result<u64, String> {
     Ok(msrs.as_slice()[0].data)
 }
 
+/// MXCSR's place in the legacy (FXSAVE) part of the XSAVE area, in 32-bit words.
+const XSAVE_MXCSR_WORD: usize = 6;
+
+/// KVM_GET_FPU leaves MXCSR out on some hosts (and KVM_SET_FPU ignores it); the XSAVE area
+/// always has it.
+fn fpu_with_mxcsr(vcpu: &VcpuFd) -> Result<kvm_bindings::kvm_fpu, String> {
+    let mut fpu = vcpu.get_fpu().map_err(|e| format!("KVM_GET_FPU: {e}"))?;
+    if let Ok(xsave) = vcpu.get_xsave() {
+        fpu.mxcsr = xsave.region[XSAVE_MXCSR_WORD];
+    }
+    Ok(fpu)
+}
+
+fn set_mxcsr(vcpu: &VcpuFd, mxcsr: u32) -> Result<(), String> {
+    let Ok(mut xsave) = vcpu.get_xsave() else {
+        return Ok(());
+    };
+    if xsave.region[XSAVE_MXCSR_WORD] == mxcsr {
+        return Ok(());
+    }
+    xsave.region[XSAVE_MXCSR_WORD] = mxcsr;
+    // SAFETY: the buffer is the full legacy-size area KVM_GET_XSAVE just filled for this vCPU,
+    // which is what KVM_SET_XSAVE reads.
+    unsafe { vcpu.set_xsave(&xsave) }
+        .map_err(|e| format!("KVM_SET_XSAVE (MXCSR {mxcsr:#x} refused?): {e}"))
+}
+
 /// GDB's register file from the vCPU.
 pub fn read_registers(vcpu: &VcpuFd) -> Result<X86_64KvmRegs, String> {
     let regs = vcpu.get_regs().map_err(|e| format!("KVM_GET_REGS: {e}"))?;
     let sregs = vcpu
         .get_sregs()
         .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
-    let fpu = vcpu.get_fpu().map_err(|e| format!("KVM_GET_FPU: {e}"))?;
+    let fpu = fpu_with_mxcsr(vcpu)?;
     Ok(X86_64KvmRegs::from_kvm(
         &regs,
         &sregs,
@@ -160,7 +223,7 @@ pub fn write_registers(vcpu: &VcpuFd, new: &X86_64KvmRegs) -> Result<(), String>
     let mut sregs = vcpu
         .get_sregs()
         .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
-    let mut fpu = vcpu.get_fpu().map_err(|e| format!("KVM_GET_FPU: {e}"))?;
+    let mut fpu = fpu_with_mxcsr(vcpu)?;
     let kgs = new.to_kvm(&mut regs, &mut sregs, &mut fpu);
     vcpu.set_regs(&regs)
         .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
@@ -168,6 +231,7 @@ pub fn write_registers(vcpu: &VcpuFd, new: &X86_64KvmRegs) -> Result<(), String>
         .map_err(|e| format!("KVM_SET_SREGS (a control register value the CPU refuses?): {e}"))?;
     vcpu.set_fpu(&fpu)
         .map_err(|e| format!("KVM_SET_FPU: {e}"))?;
+    set_mxcsr(vcpu, fpu.mxcsr)?;
     let msrs = Msrs::from_entries(&[kvm_msr_entry {
         index: MSR_KERNEL_GS_BASE,
         data: kgs,
@@ -371,6 +435,17 @@ mod tests {
         assert_eq!(
             classify_debug_exit(&exit(1, 0x1, 0b1), &config, ours),
             DebugExit::GuestDebugTrap
+        );
+        // Steps taken for emulated watchpoints are not stops; a step GDB asked for is.
+        config.watch_stepping = true;
+        assert_eq!(
+            classify_debug_exit(&exit(1, 0x1, DR6_BS), &config, ours),
+            DebugExit::WatchStep
+        );
+        config.single_step = true;
+        assert_eq!(
+            classify_debug_exit(&exit(1, 0x1, DR6_BS), &config, ours),
+            DebugExit::Stop(DebugStop::Step)
         );
     }
 }
