@@ -24,7 +24,7 @@ test: lint
 	$(CARGO) test --release
 
 unit-test:
-	$(CARGO) test --release --bins
+	$(CARGO) test --release --lib
 
 e2e-test:
 	$(CARGO) test --release --test boot

@@ -1,21 +1,12 @@
 //! minivmm: a minimal KVM virtual machine monitor with a built-in GDB stub.
 
-mod arch;
-mod devices;
-mod gdb;
-mod loader;
-mod memory;
-mod terminal;
-mod vcpu;
-mod vmm;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::vmm::{Outcome, VmConfig, status};
+use minivmm::vmm::{self, Outcome, VmConfig, status};
 
 /// The command line Linux guests get unless --cmdline says otherwise: the serial console,
 /// and reboot through the keyboard controller, which ends minivmm.
