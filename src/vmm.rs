@@ -20,7 +20,8 @@ use crate::arch::probe::{HostQuirks, probe_host};
 use crate::arch::{acpi, mptable};
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use crate::devices::serial::{
-    COM1_BASE, COM1_IRQ, COM1_LEN, InputEvent, IrqTrigger, Serial, spawn_input_thread,
+    COM1_BASE, COM1_IRQ, COM1_LEN, ConsoleThread, InputEvent, IrqTrigger, Serial,
+    spawn_input_thread,
 };
 use crate::devices::{PioBus, PioDevice};
 use crate::gdb::{GdbError, GdbServer, GdbSetup};
@@ -270,6 +271,17 @@ fn forward_signals(events: Sender<VmEvent>) -> Result<(), VmError> {
     Ok(())
 }
 
+/// Standard output without Rust's line buffering: the console thread batches by itself and
+/// one batch should be one write(2).
+fn raw_stdout() -> Result<Box<dyn std::io::Write + Send>, VmError> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(VmError::Thread)?;
+    Ok(Box::new(std::fs::File::from(fd)))
+}
+
 /// Builds the VM and runs it until it ends.
 pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
     let kvm = open_kvm(config)?;
@@ -325,9 +337,10 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
     vm.register_irqfd(&serial_irq, COM1_IRQ)
         .map_err(kvm_err("KVM_IRQFD"))?;
+    let (console, console_thread) = ConsoleThread::spawn(raw_stdout()?).map_err(VmError::Thread)?;
     let serial = Arc::new(Mutex::new(Serial::new(
         IrqTrigger(serial_irq),
-        Box::new(std::io::stdout()),
+        Box::new(console),
     )));
     let reset = EventTrigger {
         events: Mutex::new(events_tx.clone()),
@@ -418,6 +431,8 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
     for h in &mut handles {
         h.join();
     }
+    // Everything the guest printed reaches stdout before minivmm exits.
+    console_thread.finish();
     drop(terminal);
     Ok(outcome)
 }

@@ -2,7 +2,7 @@
 //! from stdin, raising IRQ 4 through an irqfd.
 
 use std::io::{self, Read, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -71,6 +71,139 @@ impl PioDevice for Serial {
                 log::debug!("serial write: {e:?}");
             }
         }
+    }
+}
+
+/// Output a writer thread has not written yet; beyond this the guest waits, as it would for a
+/// slow UART, instead of minivmm buffering without bound.
+const CONSOLE_BUFFER_MAX: usize = 1 << 20;
+/// How long the writer lets output gather after each write(2).
+const CONSOLE_BATCH_WINDOW: Duration = Duration::from_millis(1);
+
+#[derive(Default)]
+struct ConsoleState {
+    data: Vec<u8>,
+    closed: bool,
+    /// The writer sleeps on `filled`: only then does new output need a wake-up call.
+    writer_waiting: bool,
+    /// A vCPU waits on `drained` for room in the buffer.
+    guest_waiting: bool,
+}
+
+#[derive(Default)]
+struct ConsoleShared {
+    state: Mutex<ConsoleState>,
+    filled: Condvar,
+    drained: Condvar,
+}
+
+/// The UART's side of the console: appending is cheap, and a thread of its own does the
+/// write(2)s, each taking everything that accumulated since the previous one. One system call
+/// per byte would otherwise cost more than the guest's exit for that byte.
+#[derive(Clone)]
+pub struct ConsoleWriter {
+    shared: Arc<ConsoleShared>,
+}
+
+impl Write for ConsoleWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut st = lock(&self.shared.state);
+        while st.data.len() >= CONSOLE_BUFFER_MAX && !st.closed {
+            st.guest_waiting = true;
+            st = self
+                .shared
+                .drained
+                .wait(st)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        if st.closed {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "console closed"));
+        }
+        st.data.extend_from_slice(buf);
+        if st.writer_waiting {
+            st.writer_waiting = false;
+            self.shared.filled.notify_one();
+        }
+        Ok(buf.len())
+    }
+
+    /// Nothing to do: the writer thread sends data as soon as it can.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The thread that writes console output to minivmm's stdout.
+pub struct ConsoleThread {
+    shared: Arc<ConsoleShared>,
+    handle: Option<thread::JoinHandle<()>>,
+}
+
+impl ConsoleThread {
+    pub fn spawn(out: Box<dyn Write + Send>) -> io::Result<(ConsoleWriter, ConsoleThread)> {
+        let shared = Arc::new(ConsoleShared::default());
+        let s = shared.clone();
+        let handle = thread::Builder::new()
+            .name("console-out".into())
+            .spawn(move || write_console(&s, out))?;
+        Ok((
+            ConsoleWriter {
+                shared: shared.clone(),
+            },
+            ConsoleThread {
+                shared,
+                handle: Some(handle),
+            },
+        ))
+    }
+
+    /// Writes out everything the guest printed, then stops the thread.
+    pub fn finish(mut self) {
+        self.close();
+    }
+
+    fn close(&mut self) {
+        {
+            let mut st = lock(&self.shared.state);
+            st.closed = true;
+            self.shared.filled.notify_all();
+            self.shared.drained.notify_all();
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for ConsoleThread {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn write_console(s: &ConsoleShared, mut out: Box<dyn Write + Send>) {
+    loop {
+        let data = {
+            let mut st = lock(&s.state);
+            while st.data.is_empty() && !st.closed {
+                st.writer_waiting = true;
+                st = s.filled.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            st.writer_waiting = false;
+            if st.data.is_empty() {
+                return;
+            }
+            if st.guest_waiting {
+                st.guest_waiting = false;
+                s.drained.notify_all();
+            }
+            std::mem::take(&mut st.data)
+        };
+        // A closed stdout must not stop the guest; its output is then lost.
+        if out.write_all(&data).and_then(|_| out.flush()).is_err() {
+            log::debug!("console output lost: stdout is closed");
+        }
+        thread::sleep(CONSOLE_BATCH_WINDOW);
     }
 }
 
@@ -185,6 +318,24 @@ mod tests {
             s.write(0, &[*b]);
         }
         assert_eq!(&*out.0.lock().unwrap(), b"hi\n");
+    }
+
+    #[test]
+    fn console_thread_writes_everything_in_order_before_finishing() {
+        let out = Captured::default();
+        let (mut w, t) = ConsoleThread::spawn(Box::new(out.clone())).unwrap();
+        let mut expected = Vec::new();
+        for i in 0..20_000u32 {
+            let b = [(i % 251) as u8];
+            w.write_all(&b).unwrap();
+            expected.push(b[0]);
+        }
+        t.finish();
+        assert_eq!(*out.0.lock().unwrap(), expected);
+        assert!(
+            w.write_all(b"late").is_err(),
+            "a finished console takes no more output"
+        );
     }
 
     #[test]
