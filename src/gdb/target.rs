@@ -54,6 +54,8 @@ pub struct GdbTarget {
     /// Stop notifications that arrived while we waited for something else.
     pending: VecDeque<VcpuDebugStatusMessage>,
     actions: Vec<Action>,
+    /// Posted requests per vCPU whose acknowledgement has not arrived yet.
+    unacked: Vec<usize>,
     /// The vCPUs the last resume let run: only their stops may be reported now; other
     /// vCPUs' stops stay queued until GDB resumes them (scheduler locking).
     running: Vec<bool>,
@@ -81,6 +83,7 @@ impl GdbTarget {
             vm: setup.vm,
             pending: VecDeque::new(),
             actions: vec![Action::Default; n],
+            unacked: vec![0; n],
             running: vec![false; n],
             current_cpu: 0,
             address_space: AddressSpace::Virtual,
@@ -154,14 +157,44 @@ impl GdbTarget {
                 Err(RecvTimeoutError::Timeout) => return Err(GdbError::VcpuTimeout(cpu)),
                 Err(RecvTimeoutError::Disconnected) => return Err(GdbError::VcpuGone(cpu)),
             };
-            match m.msg {
-                VcpuDebugStatus::Stopped(_) | VcpuDebugStatus::VmEnded(_) => {
-                    self.pending.push_back(m)
+            if let Some(m) = self.absorb(m) {
+                if m.cpu == cpu {
+                    return Ok(m.msg);
                 }
-                msg if m.cpu == cpu => return Ok(msg),
-                msg => debug!("stale answer from vCPU {}: {msg:?}", m.cpu),
+                debug!("stale answer from vCPU {}: {:?}", m.cpu, m.msg);
             }
         }
+    }
+
+    /// Files what a vCPU sent that is not the answer being waited for: stop notifications are
+    /// queued, acknowledgements of posted requests are counted off. Returns anything else.
+    fn absorb(&mut self, m: VcpuDebugStatusMessage) -> Option<VcpuDebugStatusMessage> {
+        match m.msg {
+            VcpuDebugStatus::Stopped(_) | VcpuDebugStatus::VmEnded(_) => {
+                self.pending.push_back(m);
+                None
+            }
+            VcpuDebugStatus::CommandComplete | VcpuDebugStatus::Error(_)
+                if self.unacked.get(m.cpu).is_some_and(|&n| n > 0) =>
+            {
+                self.unacked[m.cpu] -= 1;
+                if let VcpuDebugStatus::Error(e) = &m.msg {
+                    warn!("vCPU {}: {e}", m.cpu);
+                }
+                None
+            }
+            _ => Some(m),
+        }
+    }
+
+    /// Sends a request whose answer nobody waits for (it is counted off when it comes):
+    /// the vCPU serves its requests in order, so what follows sees its effect.
+    fn vcpu_post(&mut self, cpu: usize, req: VcpuDebug) -> Result<(), GdbError> {
+        let tx = self.vcpus.get(cpu).ok_or(GdbError::VcpuGone(cpu))?;
+        tx.send(VcpuControl::Debug(req))
+            .map_err(|_| GdbError::VcpuGone(cpu))?;
+        self.unacked[cpu] += 1;
+        Ok(())
     }
 
     /// A request that only needs to succeed.
@@ -221,8 +254,11 @@ impl GdbTarget {
     /// A new GDB connection: the VM must be stopped while GDB looks at it.
     pub fn attach(&mut self) -> Result<(), GdbError> {
         self.suspend()?;
+        // Stops from an earlier session are stale; acknowledgements still count.
+        while let Ok(m) = self.from_vcpu.try_recv() {
+            self.absorb(m);
+        }
         self.pending.clear();
-        while self.from_vcpu.try_recv().is_ok() {}
         Ok(())
     }
 
@@ -245,8 +281,13 @@ impl GdbTarget {
         let _ = self.vm.send(VmEvent::DebuggerKill);
     }
 
+    /// Lets `cpus` run. Not awaited: the control loop only forwards `Resume` to each vCPU,
+    /// behind whatever was already queued for it.
     fn resume_cpus(&mut self, cpus: Vec<usize>) -> Result<(), GdbError> {
-        self.vm_request(VmRequest::ResumeVcpus(cpus))?;
+        let (tx, _) = channel();
+        self.vm
+            .send(VmEvent::Request(VmRequest::ResumeVcpus(cpus), tx))
+            .map_err(|_| GdbError::VmGone)?;
         self.vm_paused = false;
         Ok(())
     }
@@ -283,15 +324,11 @@ impl GdbTarget {
                 let _ = self.wake.read();
                 loop {
                     match self.from_vcpu.try_recv() {
-                        Ok(m)
-                            if matches!(
-                                m.msg,
-                                VcpuDebugStatus::Stopped(_) | VcpuDebugStatus::VmEnded(_)
-                            ) =>
-                        {
-                            self.pending.push_back(m)
+                        Ok(m) => {
+                            if let Some(m) = self.absorb(m) {
+                                debug!("stale answer from vCPU {}: {:?}", m.cpu, m.msg);
+                            }
                         }
-                        Ok(m) => debug!("stale answer from vCPU {}: {:?}", m.cpu, m.msg),
                         Err(TryRecvError::Empty) => break,
                         Err(TryRecvError::Disconnected) => return Err(GdbError::VcpuGone(0).into()),
                     }
@@ -494,10 +531,8 @@ impl MultiThreadResume for GdbTarget {
             } else {
                 action
             };
-            match self.vcpu_request(cpu, VcpuDebug::EnableSinglestep(action == Action::Step))? {
-                VcpuDebugStatus::CommandComplete => {}
-                other => return Err(GdbError::VmRefused(format!("vCPU {cpu}: {other:?}"))),
-            }
+            // Posted, not awaited: every stepi or continue saves a round trip to the vCPU.
+            self.vcpu_post(cpu, VcpuDebug::EnableSinglestep(action == Action::Step))?;
             run.push(cpu);
         }
         self.resume_cpus(run)
