@@ -20,8 +20,9 @@ run: build
 	$(BIN) --kernel $(GUESTS)/hello64.elf
 
 ## Everything CI runs: unit tests, end-to-end boot tests, the GDB suite, lints.
+# No core files from a crashing gdb in the work tree (core_pattern is often plain "core").
 test: lint
-	$(CARGO) test --release
+	ulimit -c 0 && $(CARGO) test --release
 
 unit-test:
 	$(CARGO) test --release --lib
@@ -31,7 +32,7 @@ e2e-test:
 
 ## The end-to-end GDB suite (needs /dev/kvm and gdb).
 debug-test:
-	$(CARGO) test --release --test gdb -- --test-threads=1
+	ulimit -c 0 && $(CARGO) test --release --test gdb --test gdb_hostile --test hardening
 
 lint:
 	$(CARGO) fmt --check

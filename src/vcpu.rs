@@ -72,8 +72,17 @@ pub enum VcpuDebugStatus {
     /// The vCPU stopped on its own for the debugger (breakpoint, step, watchpoint) and has
     /// paused itself.
     Stopped(DebugStop),
-    /// The VM ended while the debugger was attached (exit status for GDB's `W` reply).
-    VmEnded(u8),
+    /// The VM ended while the debugger was attached: GDB gets a `W` (exit status) or an `X`
+    /// (signal) reply.
+    VmEnded(VmEnd),
+}
+
+/// How the VM ended, in GDB's terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmEnd {
+    Exited(u8),
+    /// minivmm was killed by this signal.
+    Signalled(u8),
 }
 
 #[derive(Debug)]

@@ -28,7 +28,9 @@ use crate::gdb::{GdbError, GdbServer, GdbSetup};
 use crate::loader::{self, BootSpec};
 use crate::memory::{self, GuestMem};
 use crate::terminal::RawTerminal;
-use crate::vcpu::{self, DebugChannel, Vcpu, VcpuControl, VcpuDebugStatus, VcpuFault, VcpuHandle};
+use crate::vcpu::{
+    self, DebugChannel, Vcpu, VcpuControl, VcpuDebugStatus, VcpuFault, VcpuHandle, VmEnd,
+};
 
 /// What the user asked for.
 #[derive(Debug, Clone)]
@@ -56,6 +58,10 @@ pub enum VmError {
         "cannot open /dev/kvm ({0}): is KVM enabled and may this user read and write /dev/kvm?"
     )]
     OpenKvm(kvm_ioctls::Error),
+    #[error(
+        "/dev/kvm does not answer KVM's ioctls: it is not a KVM device (check `ls -l /dev/kvm`: char 10,232)"
+    )]
+    NotKvm,
     #[error("/dev/kvm speaks KVM API version {0}, minivmm needs version {KVM_API_VERSION}")]
     KvmVersion(i32),
     #[error(
@@ -226,6 +232,9 @@ fn setup_vcpus(
 fn open_kvm(config: &VmConfig) -> Result<Kvm, VmError> {
     let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
     let version = kvm.get_api_version();
+    if version < 0 {
+        return Err(VmError::NotKvm);
+    }
     if version != KVM_API_VERSION as i32 {
         return Err(VmError::KvmVersion(version));
     }
@@ -420,7 +429,11 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
         && outcome != Outcome::DebuggerKill
     {
         // Tell GDB how the VM ended (a `W` reply) before the connection goes away.
-        channel.send(usize::MAX, VcpuDebugStatus::VmEnded(outcome.exit_status()));
+        let end = match outcome {
+            Outcome::Signal(sig) => VmEnd::Signalled(sig as u8),
+            _ => VmEnd::Exited(outcome.exit_status()),
+        };
+        channel.send(usize::MAX, VcpuDebugStatus::VmEnded(end));
         let _ = gdb
             .told_vm_end
             .recv_timeout(std::time::Duration::from_secs(1));

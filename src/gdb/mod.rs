@@ -37,9 +37,7 @@ const MAX_READ_PER_REQUEST: usize = PACKET_BUFFER_SIZE / 2;
 
 #[derive(Debug, Error)]
 pub enum GdbError {
-    #[error(
-        "cannot listen for GDB on {addr}: {source} (is the port in use? pick another with --gdb PORT)"
-    )]
+    #[error("cannot listen for GDB on {addr}: {source} ({})", bind_advice(.source))]
     Bind { addr: SocketAddr, source: io::Error },
     #[error("cannot start the GDB thread: {0}")]
     Thread(io::Error),
@@ -53,6 +51,18 @@ pub enum GdbError {
     VmGone,
     #[error("the VMM refused: {0}")]
     VmRefused(String),
+}
+
+/// What to do about a failed bind, by cause.
+fn bind_advice(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::AddrInUse => "the port is in use: pick another with --gdb PORT",
+        io::ErrorKind::AddrNotAvailable => {
+            "this machine has no such address: use 127.0.0.1 or 0.0.0.0"
+        }
+        io::ErrorKind::PermissionDenied => "ports below 1024 need privileges: pick a higher one",
+        _ => "check the address and port given to --gdb",
+    }
 }
 
 /// What the rest of minivmm keeps of the GDB thread.

@@ -29,7 +29,7 @@ use super::conn::BufferedConn;
 use super::{GdbError, GdbSetup, Waited, poll_two};
 use crate::arch::debug::{AddressSpace, DebugStop};
 use crate::arch::gdb::{X86_64Kvm, X86_64KvmRegId, X86_64KvmRegs, read_reg, write_reg};
-use crate::vcpu::{VcpuControl, VcpuDebug, VcpuDebugStatus, VcpuDebugStatusMessage};
+use crate::vcpu::{VcpuControl, VcpuDebug, VcpuDebugStatus, VcpuDebugStatusMessage, VmEnd};
 use crate::vmm::{VmEvent, VmRequest, VmResponse};
 
 /// A vCPU that does not answer in this long is wedged; the session reports an error rather
@@ -66,7 +66,7 @@ pub struct GdbTarget {
     pub(super) breakpoints: Breakpoints,
     pub(super) watchpoints_work: bool,
     vm_paused: bool,
-    vm_ended: Option<u8>,
+    vm_ended: bool,
 }
 
 fn tid_of(cpu: usize) -> Tid {
@@ -90,7 +90,7 @@ impl GdbTarget {
             breakpoints: Breakpoints::default(),
             watchpoints_work: setup.watchpoints_work,
             vm_paused: setup.vm_starts_paused,
-            vm_ended: None,
+            vm_ended: false,
         }
     }
 
@@ -110,7 +110,7 @@ impl GdbTarget {
     }
 
     pub fn vm_ended(&self) -> bool {
-        self.vm_ended.is_some()
+        self.vm_ended
     }
 
     fn cpu_of(&self, tid: Tid) -> TargetResult<usize, Self> {
@@ -350,9 +350,12 @@ impl GdbTarget {
     fn stop_reason(&mut self, m: VcpuDebugStatusMessage) -> Option<MultiThreadStopReason<u64>> {
         let tid = tid_of(m.cpu);
         let reason = match m.msg {
-            VcpuDebugStatus::VmEnded(code) => {
-                self.vm_ended = Some(code);
-                return Some(MultiThreadStopReason::Exited(code));
+            VcpuDebugStatus::VmEnded(end) => {
+                self.vm_ended = true;
+                return Some(match end {
+                    VmEnd::Exited(code) => MultiThreadStopReason::Exited(code),
+                    VmEnd::Signalled(sig) => MultiThreadStopReason::Terminated(Signal(sig)),
+                });
             }
             VcpuDebugStatus::Stopped(stop) => match stop {
                 DebugStop::Step => MultiThreadStopReason::SignalWithThread {
