@@ -8,6 +8,7 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::thread::{self, JoinHandle};
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -150,13 +151,17 @@ pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
 pub struct VcpuHandle {
     pub index: usize,
     control: Sender<VcpuControl>,
+    /// Set by the vCPU thread while it is paused (blocked on its channel, out of KVM_RUN).
+    paused: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl VcpuHandle {
-    /// Sends a request and kicks the thread so it is served promptly.
+    /// Sends a request and kicks the thread so it is served promptly. A paused thread is
+    /// waiting on its channel already and needs no kick; a running one checks its channel
+    /// before every KVM_RUN, so a request is never left behind a sleeping guest.
     pub fn send(&self, msg: VcpuControl) {
-        if self.control.send(msg).is_ok() {
+        if self.control.send(msg).is_ok() && !self.paused.load(Ordering::SeqCst) {
             self.kick();
         }
     }
@@ -219,32 +224,35 @@ impl Vcpu {
     pub fn spawn(self, paused: bool) -> std::io::Result<VcpuHandle> {
         let (tx, rx) = channel();
         let index = self.index;
+        let paused = Arc::new(AtomicBool::new(paused));
+        let flag = paused.clone();
         let thread = thread::Builder::new()
             .name(format!("vcpu{index}"))
-            .spawn(move || self.thread_main(rx, paused))?;
+            .spawn(move || self.thread_main(rx, &flag))?;
         Ok(VcpuHandle {
             index,
             control: tx,
+            paused,
             thread: Some(thread),
         })
     }
 
-    fn thread_main(mut self, control: Receiver<VcpuControl>, mut paused: bool) {
+    fn thread_main(mut self, control: Receiver<VcpuControl>, paused: &AtomicBool) {
         KVM_RUN.with(|p| p.set(self.fd.get_kvm_run() as *mut kvm_run));
         let mut debug = DebugState::default();
-        self.run_loop(&control, &mut paused, &mut debug);
+        self.run_loop(&control, paused, &mut debug);
         KVM_RUN.with(|p| p.set(null_mut()));
     }
 
     fn run_loop(
         &mut self,
         control: &Receiver<VcpuControl>,
-        paused: &mut bool,
+        paused: &AtomicBool,
         debug: &mut DebugState,
     ) {
         loop {
             // Serve what arrived; while paused, wait for the next request instead of running.
-            let msg = if *paused {
+            let msg = if paused.load(Ordering::SeqCst) {
                 match control.recv() {
                     Ok(m) => Some(m),
                     Err(_) => return,
@@ -259,15 +267,15 @@ impl Vcpu {
             if let Some(msg) = msg {
                 match msg {
                     VcpuControl::Pause => {
-                        if !*paused {
+                        if !paused.load(Ordering::SeqCst) {
                             self.complete_pending_exit();
-                            *paused = true;
+                            paused.store(true, Ordering::SeqCst);
                         }
                     }
-                    VcpuControl::Resume => *paused = false,
+                    VcpuControl::Resume => paused.store(false, Ordering::SeqCst),
                     VcpuControl::Exit => return,
                     VcpuControl::Debug(req) => {
-                        let answer = if *paused {
+                        let answer = if paused.load(Ordering::SeqCst) {
                             self.serve_debug(req, debug)
                         } else {
                             VcpuDebugStatus::Error("vCPU is running".into())
@@ -282,7 +290,7 @@ impl Vcpu {
             match self.run_once(debug) {
                 Next::Continue => {}
                 Next::DebugStop(stop) => {
-                    *paused = true;
+                    paused.store(true, Ordering::SeqCst);
                     // One step at a time: stepping stays off until the debugger asks again.
                     if debug.config.single_step {
                         debug.config.single_step = false;
@@ -300,7 +308,7 @@ impl Vcpu {
                         fault,
                     });
                     // Stay around (paused) so the VMM can still ask for an orderly exit.
-                    *paused = true;
+                    paused.store(true, Ordering::SeqCst);
                 }
             }
         }

@@ -58,14 +58,16 @@ pub struct GdbTarget {
     unacked: Vec<usize>,
     /// The vCPUs the last resume let run: only their stops may be reported now; other
     /// vCPUs' stops stay queued until GDB resumes them (scheduler locking).
-    running: Vec<bool>,
+    resumed: Vec<bool>,
+    /// vCPUs that may be executing guest code (resumed, no stop reported since): only if
+    /// some are does a stop need to pause the VM through the control loop.
+    maybe_running: Vec<bool>,
     /// The vCPU GDB last looked at: the one `monitor` commands talk about.
     pub(super) current_cpu: usize,
     /// `monitor phys on`: addresses are guest-physical.
     pub(super) address_space: AddressSpace,
     pub(super) breakpoints: Breakpoints,
     pub(super) watchpoints_work: bool,
-    vm_paused: bool,
     vm_ended: bool,
 }
 
@@ -84,12 +86,12 @@ impl GdbTarget {
             pending: VecDeque::new(),
             actions: vec![Action::Default; n],
             unacked: vec![0; n],
-            running: vec![false; n],
+            resumed: vec![false; n],
+            maybe_running: vec![!setup.vm_starts_paused; n],
             current_cpu: 0,
             address_space: AddressSpace::Virtual,
             breakpoints: Breakpoints::default(),
             watchpoints_work: setup.watchpoints_work,
-            vm_paused: setup.vm_starts_paused,
             vm_ended: false,
         }
     }
@@ -106,7 +108,7 @@ impl GdbTarget {
     }
 
     pub fn vm_paused_for_gdb(&self) -> bool {
-        self.vm_paused
+        !self.maybe_running.contains(&true)
     }
 
     pub fn vm_ended(&self) -> bool {
@@ -135,9 +137,9 @@ impl GdbTarget {
     }
 
     fn suspend(&mut self) -> Result<(), GdbError> {
-        if !self.vm_paused {
+        if self.maybe_running.contains(&true) {
             self.vm_request(VmRequest::SuspendVcpus)?;
-            self.vm_paused = true;
+            self.maybe_running.fill(false);
         }
         Ok(())
     }
@@ -286,9 +288,11 @@ impl GdbTarget {
     fn resume_cpus(&mut self, cpus: Vec<usize>) -> Result<(), GdbError> {
         let (tx, _) = channel();
         self.vm
-            .send(VmEvent::Request(VmRequest::ResumeVcpus(cpus), tx))
+            .send(VmEvent::Request(VmRequest::ResumeVcpus(cpus.clone()), tx))
             .map_err(|_| GdbError::VmGone)?;
-        self.vm_paused = false;
+        for cpu in cpus {
+            self.maybe_running[cpu] = true;
+        }
         Ok(())
     }
 
@@ -341,7 +345,7 @@ impl GdbTarget {
     fn reportable(&self, m: &VcpuDebugStatusMessage) -> bool {
         match m.msg {
             VcpuDebugStatus::VmEnded(_) => true,
-            VcpuDebugStatus::Stopped(_) => self.running.get(m.cpu).copied().unwrap_or(false),
+            VcpuDebugStatus::Stopped(_) => self.resumed.get(m.cpu).copied().unwrap_or(false),
             _ => false,
         }
     }
@@ -377,10 +381,13 @@ impl GdbTarget {
                 return None;
             }
         };
+        // The reporting vCPU paused itself; the others are paused only if some may run.
+        if let Some(r) = self.maybe_running.get_mut(m.cpu) {
+            *r = false;
+        }
         if let Err(e) = self.suspend() {
             warn!("could not stop the other vCPUs: {e}");
         }
-        self.vm_paused = true;
         self.current_cpu = m.cpu;
         Some(reason)
     }
@@ -517,7 +524,7 @@ impl MultiThreadResume for GdbTarget {
     fn resume(&mut self) -> Result<(), Self::Error> {
         // A stop that arrived while GDB was busy, from a vCPU GDB now resumes, is reported
         // before anything runs again.
-        self.running = self.actions.iter().map(|a| *a != Action::Stay).collect();
+        self.resumed = self.actions.iter().map(|a| *a != Action::Stay).collect();
         if self.pending.iter().any(|m| self.reportable(m)) {
             return Ok(());
         }
