@@ -217,6 +217,9 @@ struct DebugState {
     /// Sorted linear addresses of planted software breakpoints.
     sw_breakpoints: Vec<u64>,
     soft_watches: Vec<SoftWatch>,
+    /// The register file as last read while paused: GDB asks again and again during a stop,
+    /// and reading it takes five ioctls. Dropped whenever the vCPU runs.
+    regs: Option<Box<X86_64KvmRegs>>,
 }
 
 impl Vcpu {
@@ -272,7 +275,10 @@ impl Vcpu {
                             paused.store(true, Ordering::SeqCst);
                         }
                     }
-                    VcpuControl::Resume => paused.store(false, Ordering::SeqCst),
+                    VcpuControl::Resume => {
+                        debug.regs = None;
+                        paused.store(false, Ordering::SeqCst);
+                    }
                     VcpuControl::Exit => return,
                     VcpuControl::Debug(req) => {
                         let answer = if paused.load(Ordering::SeqCst) {
@@ -339,11 +345,18 @@ impl Vcpu {
     fn serve_debug(&mut self, req: VcpuDebug, debug: &mut DebugState) -> VcpuDebugStatus {
         let block_irq = self.block_irq_when_stepping;
         let result = match req {
-            VcpuDebug::ReadRegs => {
-                archdebug::read_registers(&self.fd).map(|r| VcpuDebugStatus::RegValues(Box::new(r)))
+            VcpuDebug::ReadRegs => match &debug.regs {
+                Some(r) => Ok(VcpuDebugStatus::RegValues(r.clone())),
+                None => archdebug::read_registers(&self.fd).map(|r| {
+                    debug.regs = Some(Box::new(r.clone()));
+                    VcpuDebugStatus::RegValues(Box::new(r))
+                }),
+            },
+            VcpuDebug::WriteRegs(regs) => {
+                debug.regs = None;
+                archdebug::write_registers(&self.fd, &regs)
+                    .map(|_| VcpuDebugStatus::CommandComplete)
             }
-            VcpuDebug::WriteRegs(regs) => archdebug::write_registers(&self.fd, &regs)
-                .map(|_| VcpuDebugStatus::CommandComplete),
             VcpuDebug::ReadMem(addr, len, space) => {
                 archdebug::paging_context(&self.fd).map(|ctx| {
                     VcpuDebugStatus::MemoryRegion(archdebug::read_memory(
