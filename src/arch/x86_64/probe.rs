@@ -119,5 +119,9 @@ fn run_probe(kvm: &Kvm) -> Result<HostQuirks, String> {
         }
     }
     debug!("host probe: {quirks:?}");
+    // Tearing a VM down takes milliseconds in the host kernel; the real VM need not wait.
+    let _ = std::thread::Builder::new()
+        .name("probe-teardown".into())
+        .spawn(move || drop((vcpu, vm, mem)));
     Ok(quirks)
 }
