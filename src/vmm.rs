@@ -24,7 +24,7 @@ use crate::devices::serial::{
     spawn_input_thread,
 };
 use crate::devices::{PioBus, PioDevice};
-use crate::gdb::{GdbError, GdbServer, GdbSetup};
+use crate::gdb::{GdbError, GdbListener, GdbServer, GdbSetup};
 use crate::loader::{self, BootSpec};
 use crate::memory::{self, GuestMem};
 use crate::terminal::RawTerminal;
@@ -291,9 +291,64 @@ fn raw_stdout() -> Result<Box<dyn std::io::Write + Send>, VmError> {
     Ok(Box::new(std::fs::File::from(fd)))
 }
 
+/// The devices on the port-I/O bus, and the console thread behind the UART.
+struct Devices {
+    pio: PioBus,
+    serial: Arc<Mutex<Serial>>,
+    console: ConsoleThread,
+}
+
+/// COM1 (output through the console thread, IRQ 4 through an irqfd) and the i8042, whose
+/// reset line ends the VM.
+fn setup_devices(vm: &VmFd, events: &Sender<VmEvent>) -> Result<Devices, VmError> {
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
+    vm.register_irqfd(&serial_irq, COM1_IRQ)
+        .map_err(kvm_err("KVM_IRQFD"))?;
+    let (console, console_thread) = ConsoleThread::spawn(raw_stdout()?).map_err(VmError::Thread)?;
+    let serial = Arc::new(Mutex::new(Serial::new(
+        IrqTrigger(serial_irq),
+        Box::new(console),
+    )));
+    let reset = EventTrigger {
+        events: Mutex::new(events.clone()),
+    };
+    let i8042: Arc<Mutex<dyn PioDevice>> = Arc::new(Mutex::new(I8042::new(reset)));
+    let pio = PioBus::new(vec![
+        (
+            COM1_BASE,
+            COM1_LEN,
+            serial.clone() as Arc<Mutex<dyn PioDevice>>,
+        ),
+        (I8042_BASE, I8042_LEN, i8042),
+    ]);
+
+    Ok(Devices {
+        pio,
+        serial,
+        console: console_thread,
+    })
+}
+
+/// Tells an attached GDB how the VM ended (a `W` or `X` reply) before the connection goes.
+fn tell_debugger_vm_ended(gdb: &GdbServer, channel: &DebugChannel, outcome: &Outcome) {
+    if !gdb.attached.load(std::sync::atomic::Ordering::SeqCst) || *outcome == Outcome::DebuggerKill
+    {
+        return;
+    }
+    let end = match outcome {
+        Outcome::Signal(sig) => VmEnd::Signalled(*sig as u8),
+        _ => VmEnd::Exited(outcome.exit_status()),
+    };
+    channel.send(usize::MAX, VcpuDebugStatus::VmEnded(end));
+    let _ = gdb
+        .told_vm_end
+        .recv_timeout(std::time::Duration::from_secs(1));
+}
+
 /// Builds the VM and runs it until it ends.
 pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
     let kvm = open_kvm(config)?;
+    let gdb_listener = config.gdb.map(GdbListener::bind).transpose()?;
     let ranges = memory::ram_ranges(config.mem_mib)?;
     let mem = memory::create_guest_memory(config.mem_mib)?;
     let vm = create_vm(&kvm, &mem)?;
@@ -343,26 +398,11 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
     let (events_tx, events_rx) = channel();
     forward_signals(events_tx.clone())?;
 
-    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
-    vm.register_irqfd(&serial_irq, COM1_IRQ)
-        .map_err(kvm_err("KVM_IRQFD"))?;
-    let (console, console_thread) = ConsoleThread::spawn(raw_stdout()?).map_err(VmError::Thread)?;
-    let serial = Arc::new(Mutex::new(Serial::new(
-        IrqTrigger(serial_irq),
-        Box::new(console),
-    )));
-    let reset = EventTrigger {
-        events: Mutex::new(events_tx.clone()),
-    };
-    let i8042: Arc<Mutex<dyn PioDevice>> = Arc::new(Mutex::new(I8042::new(reset)));
-    let pio = PioBus::new(vec![
-        (
-            COM1_BASE,
-            COM1_LEN,
-            serial.clone() as Arc<Mutex<dyn PioDevice>>,
-        ),
-        (I8042_BASE, I8042_LEN, i8042),
-    ]);
+    let Devices {
+        pio,
+        serial,
+        console: console_thread,
+    } = setup_devices(&vm, &events_tx)?;
 
     let terminal = RawTerminal::enter();
     let quit_tx = Mutex::new(events_tx.clone());
@@ -404,16 +444,18 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
         handles.push(vcpu.spawn(start_paused).map_err(VmError::Thread)?);
     }
 
-    let gdb = match config.gdb {
-        Some(addr) => Some(GdbServer::start(GdbSetup {
-            addr,
-            vcpus: handles.iter().map(VcpuHandle::control_sender).collect(),
-            from_vcpu: debug_rx,
-            wake,
-            vm: events_tx.clone(),
-            watchpoints_work: quirks.data_watchpoints_fire,
-            vm_starts_paused: start_paused,
-        })?),
+    let gdb = match gdb_listener {
+        Some(listener) => Some(GdbServer::start(
+            listener,
+            GdbSetup {
+                vcpus: handles.iter().map(VcpuHandle::control_sender).collect(),
+                from_vcpu: debug_rx,
+                wake,
+                vm: events_tx.clone(),
+                watchpoints_work: quirks.data_watchpoints_fire,
+                vm_starts_paused: start_paused,
+            },
+        )?),
         None => None,
     };
     if config.gdb.is_some() && !quirks.data_watchpoints_fire {
@@ -424,19 +466,8 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
     drop(events_tx);
 
     let outcome = control_loop(&events_rx, &handles);
-    if let (Some(gdb), Some(channel)) = (&gdb, &debug_channel)
-        && gdb.attached.load(std::sync::atomic::Ordering::SeqCst)
-        && outcome != Outcome::DebuggerKill
-    {
-        // Tell GDB how the VM ended (a `W` reply) before the connection goes away.
-        let end = match outcome {
-            Outcome::Signal(sig) => VmEnd::Signalled(sig as u8),
-            _ => VmEnd::Exited(outcome.exit_status()),
-        };
-        channel.send(usize::MAX, VcpuDebugStatus::VmEnded(end));
-        let _ = gdb
-            .told_vm_end
-            .recv_timeout(std::time::Duration::from_secs(1));
+    if let (Some(gdb), Some(channel)) = (&gdb, &debug_channel) {
+        tell_debugger_vm_ended(gdb, channel, &outcome);
     }
     for h in &handles {
         h.send(VcpuControl::Exit);

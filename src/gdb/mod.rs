@@ -76,7 +76,6 @@ pub struct GdbServer {
 
 /// Everything the GDB thread needs from the VMM.
 pub struct GdbSetup {
-    pub addr: SocketAddr,
     pub vcpus: Vec<Sender<VcpuControl>>,
     pub from_vcpu: Receiver<VcpuDebugStatusMessage>,
     pub wake: Arc<EventFd>,
@@ -87,13 +86,23 @@ pub struct GdbSetup {
     pub vm_starts_paused: bool,
 }
 
+/// The GDB port, bound before anything runs so that a bad address or a busy port fails at
+/// start-up, before the guest has done anything.
+pub struct GdbListener {
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+impl GdbListener {
+    pub fn bind(addr: SocketAddr) -> Result<GdbListener, GdbError> {
+        let listener = TcpListener::bind(addr).map_err(|source| GdbError::Bind { addr, source })?;
+        Ok(GdbListener { listener, addr })
+    }
+}
+
 impl GdbServer {
-    /// Binds the port (so a bad address fails at start-up) and starts the GDB thread.
-    pub fn start(setup: GdbSetup) -> Result<GdbServer, GdbError> {
-        let listener = TcpListener::bind(setup.addr).map_err(|source| GdbError::Bind {
-            addr: setup.addr,
-            source,
-        })?;
+    /// Starts the GDB thread on a bound port.
+    pub fn start(listener: GdbListener, setup: GdbSetup) -> Result<GdbServer, GdbError> {
         let attached = Arc::new(AtomicBool::new(false));
         let (told_tx, told_rx) = std::sync::mpsc::channel();
         let flag = attached.clone();
@@ -110,12 +119,11 @@ impl GdbServer {
 }
 
 fn serve(
-    listener: TcpListener,
+    GdbListener { listener, addr }: GdbListener,
     setup: GdbSetup,
     attached: Arc<AtomicBool>,
     told_vm_end: Sender<()>,
 ) {
-    let addr = setup.addr;
     let mut target = GdbTarget::new(setup);
     loop {
         if target.vm_paused_for_gdb() {
