@@ -656,6 +656,20 @@ mod tests {
     }
 
     #[test]
+    fn initrd_stays_below_the_kernels_initrd_addr_max() {
+        // 2 GiB of RAM, but this kernel takes its initrd only below 0x37ffffff.
+        let (mem, _) = boot(&bzimage(0x020f, 1, 4096), Some(&[9u8; 5000]), 2048).unwrap();
+        let p: ZeroPage = mem.read_obj(GuestAddress(ZERO_PAGE)).unwrap();
+        let image = u64::from({ p.0.hdr.ramdisk_image });
+        assert_eq!(image % 4096, 0);
+        assert!(
+            image + 5000 <= 0x3800_0000,
+            "initrd at {image:#x} above initrd_addr_max"
+        );
+        assert!(image > 0x3000_0000, "as high as allowed, at {image:#x}");
+    }
+
+    #[test]
     fn bzimage_gets_zero_page_cmdline_e820_and_initrd() {
         let (mem, k) = boot(&bzimage(0x020f, 1, 4096), Some(&[7u8; 10000]), 64).unwrap();
         assert_eq!(
