@@ -505,31 +505,37 @@ impl Vcpu {
             (internal.suberror, internal.ndata)
         };
         if suberror == assist::SUBERROR_EMULATION {
-            let (linear_rip, bytes) = assist::insn_bytes(&self.fd, &self.mem);
-            if assist::is_int3(&bytes) && debug.sw_breakpoints.binary_search(&linear_rip).is_ok() {
-                // This host reports int3 as an emulation failure; RIP is still at the int3,
-                // exactly where a debugger expects a software breakpoint stop.
-                return Next::DebugStop(DebugStop::SwBreak);
-            }
-            match assist::emulate_unsupported(&self.fd, &bytes) {
-                Ok(Some(insn)) => {
-                    debug!("vCPU {}: emulated {insn:?} at {linear_rip:#x}", self.index);
-                    return Next::Continue;
+            if let Some(fault) = assist::fetch_fault(&self.fd, &self.mem) {
+                let linear_rip = fault.linear_rip;
+                if assist::is_int3(&fault.bytes)
+                    && debug.sw_breakpoints.binary_search(&linear_rip).is_ok()
+                {
+                    // This host reports int3 as an emulation failure; RIP is still at the int3,
+                    // exactly where a debugger expects a software breakpoint stop.
+                    return Next::DebugStop(DebugStop::SwBreak);
                 }
-                Ok(None) => {}
-                Err(e) => {
-                    return Next::Stop(VcpuFault::Crashed(format!(
-                        "emulating an instruction failed: {e}"
-                    )));
+                match assist::emulate_unsupported(&self.fd, &fault) {
+                    Ok(Some(insn)) => {
+                        debug!("vCPU {}: emulated {insn:?} at {linear_rip:#x}", self.index);
+                        return Next::Continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        return Next::Stop(VcpuFault::Crashed(format!(
+                            "emulating an instruction failed: {e}"
+                        )));
+                    }
                 }
-            }
-            if assist::is_int3(&bytes) {
-                // Only a host that emulates guest code gets here: deliver the #BP the guest
-                // would have taken on hardware.
-                return match assist::inject_breakpoint(&self.fd) {
-                    Ok(()) => Next::Continue,
-                    Err(e) => Next::Stop(VcpuFault::Crashed(format!("could not inject #BP: {e}"))),
-                };
+                if assist::is_int3(&fault.bytes) {
+                    // Only a host that emulates guest code gets here: deliver the #BP the guest
+                    // would have taken on hardware.
+                    return match assist::inject_breakpoint(&self.fd, &fault) {
+                        Ok(()) => Next::Continue,
+                        Err(e) => {
+                            Next::Stop(VcpuFault::Crashed(format!("could not inject #BP: {e}")))
+                        }
+                    };
+                }
             }
         }
         let what = match suberror {

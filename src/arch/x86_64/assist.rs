@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 
+use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -15,31 +16,47 @@ const INT3: u8 = 0xcc;
 const BP_VECTOR: u8 = 3;
 const MAX_INSN_LEN: usize = 15;
 
-/// The linear address of CS:RIP and the instruction bytes there, translated through the
-/// vCPU's page tables. Bytes that cannot be read (unmapped, not RAM) end the slice early.
-pub fn insn_bytes(vcpu: &VcpuFd, mem: &GuestMem) -> (u64, Vec<u8>) {
-    let (Ok(regs), Ok(sregs)) = (vcpu.get_regs(), vcpu.get_sregs()) else {
-        return (0, Vec::new());
-    };
-    let linear = sregs.cs.base.wrapping_add(regs.rip);
+/// The vCPU's state at an instruction KVM could not run.
+pub struct Fault {
+    pub regs: kvm_regs,
+    pub sregs: kvm_sregs,
+    /// Linear address of CS:RIP.
+    pub linear_rip: u64,
+    /// The instruction bytes there (fewer where memory cannot be read: unmapped, not RAM).
+    pub bytes: Vec<u8>,
+}
+
+/// Reads the faulting instruction through the vCPU's page tables: one translation per page,
+/// since this runs on every assisted instruction (tens of thousands per Linux boot).
+pub fn fetch_fault(vcpu: &VcpuFd, mem: &GuestMem) -> Option<Fault> {
+    let regs = vcpu.get_regs().ok()?;
+    let sregs = vcpu.get_sregs().ok()?;
+    let linear_rip = sregs.cs.base.wrapping_add(regs.rip);
     let mut bytes = Vec::with_capacity(MAX_INSN_LEN);
-    for i in 0..MAX_INSN_LEN as u64 {
-        let Ok(t) = vcpu.translate_gva(linear.wrapping_add(i)) else {
-            break;
-        };
+    let mut at = linear_rip;
+    while bytes.len() < MAX_INSN_LEN {
+        let in_page = (0x1000 - (at & 0xfff)) as usize;
+        let want = in_page.min(MAX_INSN_LEN - bytes.len());
+        let Ok(t) = vcpu.translate_gva(at) else { break };
         if t.valid == 0 {
             break;
         }
-        let mut b = [0u8];
+        let mut chunk = vec![0u8; want];
         if mem
-            .read_slice(&mut b, GuestAddress(t.physical_address))
+            .read_slice(&mut chunk, GuestAddress(t.physical_address))
             .is_err()
         {
             break;
         }
-        bytes.push(b[0]);
+        bytes.extend_from_slice(&chunk);
+        at = at.wrapping_add(want as u64);
     }
-    (linear, bytes)
+    Some(Fault {
+        regs,
+        sregs,
+        linear_rip,
+        bytes,
+    })
 }
 
 const RFLAGS_AC: u64 = 1 << 18;
@@ -94,13 +111,12 @@ pub fn decode_emulatable(bytes: &[u8], cpl: u8) -> Option<Emulated> {
 /// when the bytes are not one minivmm knows how to run.
 pub fn emulate_unsupported(
     vcpu: &VcpuFd,
-    bytes: &[u8],
+    fault: &Fault,
 ) -> Result<Option<Emulated>, kvm_ioctls::Error> {
-    let sregs = vcpu.get_sregs()?;
-    let Some(insn) = decode_emulatable(bytes, sregs.cs.dpl) else {
+    let Some(insn) = decode_emulatable(&fault.bytes, fault.sregs.cs.dpl) else {
         return Ok(None);
     };
-    let mut regs = vcpu.get_regs()?;
+    let mut regs = fault.regs;
     regs.rflags = insn.rflags(regs.rflags);
     regs.rip = regs.rip.wrapping_add(insn.len());
     vcpu.set_regs(&regs)?;
@@ -114,8 +130,8 @@ pub fn is_int3(bytes: &[u8]) -> bool {
 
 /// Delivers the #BP an `int3` raises: RIP moves past the one-byte instruction (a trap, so the
 /// saved RIP points after it) and the exception is injected for the guest's IDT to handle.
-pub fn inject_breakpoint(vcpu: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
-    let mut regs = vcpu.get_regs()?;
+pub fn inject_breakpoint(vcpu: &VcpuFd, fault: &Fault) -> Result<(), kvm_ioctls::Error> {
+    let mut regs = fault.regs;
     regs.rip = regs.rip.wrapping_add(1);
     vcpu.set_regs(&regs)?;
     let mut events = vcpu.get_vcpu_events()?;
@@ -130,7 +146,8 @@ pub fn inject_breakpoint(vcpu: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
 /// A multi-line report of the vCPU's state, for the crash message.
 pub fn describe_state(vcpu: &VcpuFd, mem: &GuestMem) -> String {
     let mut out = String::new();
-    let (linear_rip, bytes) = insn_bytes(vcpu, mem);
+    let (linear_rip, bytes) =
+        fetch_fault(vcpu, mem).map_or((0, Vec::new()), |f| (f.linear_rip, f.bytes));
     let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let _ = writeln!(
         out,
