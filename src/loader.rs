@@ -145,8 +145,22 @@ pub fn load(mem: &GuestMem, spec: &BootSpec) -> Result<LoadedKernel> {
         return Err(LoaderError::Empty(spec.kernel.to_owned()));
     }
     let initrd = spec.initrd.map(|p| read_file("initrd", p)).transpose()?;
+    load_image(mem, spec, &image, initrd.as_deref())
+}
+
+/// [`load`] for a kernel and initrd already in memory; `spec.kernel` only names the kernel
+/// in errors and `spec.initrd` is not used.
+pub fn load_image(
+    mem: &GuestMem,
+    spec: &BootSpec,
+    image: &[u8],
+    initrd: Option<&[u8]>,
+) -> Result<LoadedKernel> {
+    if image.is_empty() {
+        return Err(LoaderError::Empty(spec.kernel.to_owned()));
+    }
     let full_cmdline = match spec.linux_cmdline_extra {
-        Some(extra) if is_linux(&image) => format!("{} {extra}", spec.cmdline),
+        Some(extra) if is_linux(image) => format!("{} {extra}", spec.cmdline),
         _ => spec.cmdline.to_string(),
     };
     let spec = &BootSpec {
@@ -163,9 +177,9 @@ pub fn load(mem: &GuestMem, spec: &BootSpec) -> Result<LoadedKernel> {
             max: CMDLINE_MAX as usize - 1,
         });
     }
-    match detect_format(&image) {
-        Some(KernelFormat::BzImage) => load_bzimage(mem, spec, &image, initrd.as_deref()),
-        Some(KernelFormat::Elf) => load_elf(mem, spec, &image, initrd.as_deref()),
+    match detect_format(image) {
+        Some(KernelFormat::BzImage) => load_bzimage(mem, spec, image, initrd),
+        Some(KernelFormat::Elf) => load_elf(mem, spec, image, initrd),
         None => Err(LoaderError::UnknownFormat(spec.kernel.to_owned())),
     }
 }
