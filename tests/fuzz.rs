@@ -855,7 +855,7 @@ fn gen_debugreg(rng: &mut Rng) -> Vec<HwOp> {
             8 => {
                 let addr = match rng.below(3) {
                     0 => u64::MAX - rng.below(64),
-                    1 => *rng.pick(&near) + rng.below(16),
+                    1 => rng.pick(&near).wrapping_add(rng.below(16)),
                     _ => rng.interesting_u64(),
                 };
                 let len = if rng.chance(3, 4) {
