@@ -4,8 +4,9 @@ CARGO  ?= cargo
 BIN    := target/release/minivmm
 # The test guests are built from source by build.rs; this asks cargo where they went.
 GUESTS  = $(shell scripts/guests-dir --release)
+FUZZ_SECS ?= 60
 
-.PHONY: all build run test unit-test e2e-test debug-test guests bench lint linux linux-test clean
+.PHONY: all build run test unit-test e2e-test debug-test guests bench lint linux linux-test fuzz clean
 
 all: build
 
@@ -48,6 +49,10 @@ linux: build
 ## The full Linux boot to the initramfs marker, as a test (minutes on an emulating host).
 linux-test:
 	$(CARGO) test --release --test linux -- --include-ignored
+
+## The fuzz targets (tests/fuzz.rs), FUZZ_SECS seconds each; see README "Fuzzing".
+fuzz:
+	MINIVMM_FUZZ_SECS=$(FUZZ_SECS) $(CARGO) test --release --test fuzz -- --nocapture
 
 clean:
 	$(CARGO) clean

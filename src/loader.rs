@@ -145,8 +145,22 @@ pub fn load(mem: &GuestMem, spec: &BootSpec) -> Result<LoadedKernel> {
         return Err(LoaderError::Empty(spec.kernel.to_owned()));
     }
     let initrd = spec.initrd.map(|p| read_file("initrd", p)).transpose()?;
+    load_image(mem, spec, &image, initrd.as_deref())
+}
+
+/// [`load`] for a kernel and initrd already in memory; `spec.kernel` only names the kernel
+/// in errors and `spec.initrd` is not used.
+pub fn load_image(
+    mem: &GuestMem,
+    spec: &BootSpec,
+    image: &[u8],
+    initrd: Option<&[u8]>,
+) -> Result<LoadedKernel> {
+    if image.is_empty() {
+        return Err(LoaderError::Empty(spec.kernel.to_owned()));
+    }
     let full_cmdline = match spec.linux_cmdline_extra {
-        Some(extra) if is_linux(&image) => format!("{} {extra}", spec.cmdline),
+        Some(extra) if is_linux(image) => format!("{} {extra}", spec.cmdline),
         _ => spec.cmdline.to_string(),
     };
     let spec = &BootSpec {
@@ -163,9 +177,9 @@ pub fn load(mem: &GuestMem, spec: &BootSpec) -> Result<LoadedKernel> {
             max: CMDLINE_MAX as usize - 1,
         });
     }
-    match detect_format(&image) {
-        Some(KernelFormat::BzImage) => load_bzimage(mem, spec, &image, initrd.as_deref()),
-        Some(KernelFormat::Elf) => load_elf(mem, spec, &image, initrd.as_deref()),
+    match detect_format(image) {
+        Some(KernelFormat::BzImage) => load_bzimage(mem, spec, image, initrd),
+        Some(KernelFormat::Elf) => load_elf(mem, spec, image, initrd),
         None => Err(LoaderError::UnknownFormat(spec.kernel.to_owned())),
     }
 }
@@ -364,13 +378,19 @@ pub struct ElfSegment {
 }
 
 fn le_u16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+    Some(u16::from_le_bytes(
+        b.get(at..at.checked_add(2)?)?.try_into().ok()?,
+    ))
 }
 fn le_u32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 fn le_u64(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+    Some(u64::from_le_bytes(
+        b.get(at..at.checked_add(8)?)?.try_into().ok()?,
+    ))
 }
 
 const EM_X86_64: u16 = 62;
@@ -773,6 +793,14 @@ mod tests {
             boot(&arm, None, 16),
             Err(LoaderError::WrongElfArch(_))
         ));
+    }
+
+    #[test]
+    fn program_headers_at_the_top_of_the_address_space_are_refused() {
+        // Found by the fuzzer: reading a field there overflowed the offset arithmetic.
+        let mut img = elf(0x100000, 16, false);
+        img[0x20..0x28].copy_from_slice(&(u64::MAX - 3).to_le_bytes());
+        assert!(elf_segments(&img).is_err());
     }
 
     #[test]

@@ -2,12 +2,22 @@
 //! writes a few bytes at a time; unbuffered, that is a system call per byte (a 16 MiB memory
 //! dump took tens of thousands of sends). Here a reply goes out in one send when gdbstub
 //! flushes it, and reads take whatever the socket has, up to a buffer.
+//!
+//! [`MemConn`] is the same protocol over bytes in memory, for fuzzing the whole session.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
 
 use gdbstub::conn::{Connection, ConnectionExt};
+use vmm_sys_util::eventfd::EventFd;
+
+/// A connection the session loop can run on: gdbstub's byte I/O plus the wait for "GDB sent
+/// something or a vCPU stopped".
+pub trait SessionConn: ConnectionExt<Error = io::Error> {
+    /// Blocks until the connection has input (or hit its end) or `wake` fires; says which.
+    fn wait(&mut self, wake: &EventFd) -> io::Result<(bool, bool)>;
+}
 
 const READ_BUFFER: usize = 64 * 1024;
 
@@ -122,6 +132,72 @@ impl ConnectionExt for BufferedConn {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+impl SessionConn for BufferedConn {
+    fn wait(&mut self, wake: &EventFd) -> io::Result<(bool, bool)> {
+        super::poll_two(self, wake)
+    }
+}
+
+/// GDB's side of a session as bytes in memory: reads come from `input` and then end of file
+/// (an error, as on a socket GDB closed); everything written is collected.
+pub struct MemConn<'a> {
+    input: &'a [u8],
+    pos: usize,
+    out: &'a mut Vec<u8>,
+}
+
+impl<'a> MemConn<'a> {
+    pub fn new(input: &'a [u8], out: &'a mut Vec<u8>) -> Self {
+        MemConn { input, pos: 0, out }
+    }
+
+    fn eof() -> io::Error {
+        io::Error::new(io::ErrorKind::UnexpectedEof, "end of the input")
+    }
+}
+
+impl Connection for MemConn<'_> {
+    type Error = io::Error;
+
+    fn write(&mut self, byte: u8) -> io::Result<()> {
+        self.out.push(byte);
+        Ok(())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.out.extend_from_slice(buf);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ConnectionExt for MemConn<'_> {
+    fn read(&mut self) -> io::Result<u8> {
+        let b = *self.input.get(self.pos).ok_or_else(Self::eof)?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn peek(&mut self) -> io::Result<Option<u8>> {
+        match self.input.get(self.pos) {
+            Some(&b) => Ok(Some(b)),
+            None => Err(Self::eof()),
+        }
+    }
+}
+
+impl SessionConn for MemConn<'_> {
+    /// Never blocks: a stop the vCPUs already reported comes first, then the input (or its
+    /// end, which ends the session), so a session is a deterministic function of its input.
+    fn wait(&mut self, wake: &EventFd) -> io::Result<(bool, bool)> {
+        let [woke] = super::poll_ready([wake.as_raw_fd()], 0)?;
+        Ok((!woke, woke))
     }
 }
 

@@ -9,16 +9,15 @@ mod monitor;
 mod target;
 
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 
-use conn::BufferedConn;
-use std::os::fd::AsRawFd;
+use conn::{BufferedConn, MemConn, SessionConn};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::thread::{self, JoinHandle};
 
-use gdbstub::conn::ConnectionExt;
 use gdbstub::stub::state_machine::GdbStubStateMachine;
 use gdbstub::stub::{DisconnectReason, GdbStubBuilder, MultiThreadStopReason};
 use log::{info, warn};
@@ -144,29 +143,72 @@ fn serve(
             }
         };
         attached.store(true, Ordering::SeqCst);
-        let reason = run_session(&mut target, stream);
+        let reason = run_session(&mut target, BufferedConn::new(stream));
         attached.store(false, Ordering::SeqCst);
-        match reason {
-            Ok(DisconnectReason::Kill) => {
-                info!("GDB killed the VM");
-                target.end_vm();
-                return;
-            }
-            Ok(DisconnectReason::TargetExited(_)) | Ok(DisconnectReason::TargetTerminated(_)) => {
+        match after_session(&mut target, &reason) {
+            AfterSession::Killed => return,
+            AfterSession::VmEnded => {
                 let _ = told_vm_end.send(());
                 return;
             }
-            Ok(DisconnectReason::Disconnect) => info!("GDB detached; the VM runs on"),
-            Err(e) => info!("GDB session ended: {e}"),
-        }
-        if target.vm_ended() {
-            let _ = told_vm_end.send(());
-            return;
-        }
-        if let Err(e) = target.detach() {
-            warn!("cleaning up after GDB failed: {e}");
+            AfterSession::Detached => {}
         }
     }
+}
+
+/// What is left to do once a session has ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterSession {
+    /// GDB killed the VM (minivmm is ending).
+    Killed,
+    /// The VM ended while GDB was attached.
+    VmEnded,
+    /// GDB went away; its breakpoints were removed and the VM runs on.
+    Detached,
+}
+
+/// Cleans up after a session the way its end asks for.
+fn after_session(
+    target: &mut GdbTarget,
+    reason: &Result<DisconnectReason, SessionError>,
+) -> AfterSession {
+    match reason {
+        Ok(DisconnectReason::Kill) => {
+            info!("GDB killed the VM");
+            target.end_vm();
+            return AfterSession::Killed;
+        }
+        Ok(DisconnectReason::TargetExited(_)) | Ok(DisconnectReason::TargetTerminated(_)) => {
+            return AfterSession::VmEnded;
+        }
+        Ok(DisconnectReason::Disconnect) => info!("GDB detached; the VM runs on"),
+        Err(e) => info!("GDB session ended: {e}"),
+    }
+    if target.vm_ended() {
+        return AfterSession::VmEnded;
+    }
+    if let Err(e) = target.detach() {
+        warn!("cleaning up after GDB failed: {e}");
+    }
+    AfterSession::Detached
+}
+
+/// For fuzzing and tests: runs one whole session on `input` (an in-memory connection: GDB's
+/// bytes, then end of file) and cleans up after it as the GDB thread would. Returns how the
+/// session ended, what was left to do, and everything the stub sent.
+#[doc(hidden)]
+pub fn fuzz_session(
+    target: &mut GdbTarget,
+    input: &[u8],
+) -> (
+    Result<DisconnectReason, SessionError>,
+    AfterSession,
+    Vec<u8>,
+) {
+    let mut output = Vec::new();
+    let reason = run_session(target, MemConn::new(input, &mut output));
+    let after = after_session(target, &reason);
+    (reason, after, output)
 }
 
 /// Why a session ended other than by GDB's choice.
@@ -182,12 +224,12 @@ pub enum SessionError {
 
 /// Runs one connection to its end. This is gdbstub's blocking loop, with a wait that watches
 /// the socket and the vCPUs' stop notifications together (poll(2), no timeouts).
-fn run_session(
+fn run_session<C: SessionConn>(
     target: &mut GdbTarget,
-    stream: TcpStream,
+    conn: C,
 ) -> Result<DisconnectReason, SessionError> {
     target.attach()?;
-    let gdb = GdbStubBuilder::new(BufferedConn::new(stream))
+    let gdb = GdbStubBuilder::new(conn)
         .packet_buffer_size(PACKET_BUFFER_SIZE)
         .build()
         .map_err(|e| io::Error::other(e.to_string()))?;
@@ -219,30 +261,30 @@ pub enum Waited {
     Stopped(MultiThreadStopReason<u64>),
 }
 
-/// Blocks until the connection has a byte or the wake eventfd fires.
+/// Blocks until the socket has a byte or the wake eventfd fires.
 fn poll_two(conn: &BufferedConn, wake: &EventFd) -> io::Result<(bool, bool)> {
     if conn.has_buffered_input() {
         return Ok((true, false));
     }
-    let mut fds = [
-        libc::pollfd {
-            fd: conn.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: wake.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
+    let [data, woke] = poll_ready([conn.as_raw_fd(), wake.as_raw_fd()], -1)?;
+    Ok((data, woke))
+}
+
+/// poll(2) for input on `fds` (`timeout_ms` as poll takes it; -1 waits forever): which are
+/// readable (or hung up).
+fn poll_ready<const N: usize>(fds: [RawFd; N], timeout_ms: i32) -> io::Result<[bool; N]> {
+    let mut pfds = fds.map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
     loop {
-        // SAFETY: `fds` is a valid array of two pollfd for the duration of the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        // SAFETY: `pfds` is a valid array of N pollfd for the duration of the call.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), N as libc::nfds_t, timeout_ms) };
         if n >= 0 {
-            let ready =
-                |f: &libc::pollfd| f.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0;
-            return Ok((ready(&fds[0]), ready(&fds[1])));
+            return Ok(
+                pfds.map(|f| f.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0)
+            );
         }
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {

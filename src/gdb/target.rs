@@ -7,7 +7,6 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel}
 use std::time::Duration;
 
 use gdbstub::common::{Signal, Tid};
-use gdbstub::conn::ConnectionExt;
 use gdbstub::stub::MultiThreadStopReason;
 use gdbstub::target::ext::base::BaseOps;
 use gdbstub::target::ext::base::multithread::{
@@ -25,8 +24,8 @@ use log::{debug, warn};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::breakpoints::Breakpoints;
-use super::conn::BufferedConn;
-use super::{GdbError, GdbSetup, Waited, poll_two};
+use super::conn::SessionConn;
+use super::{GdbError, GdbSetup, Waited};
 use crate::arch::debug::{AddressSpace, DebugStop};
 use crate::arch::gdb::{X86_64Kvm, X86_64KvmRegId, X86_64KvmRegs, read_reg, write_reg};
 use crate::vcpu::{VcpuControl, VcpuDebug, VcpuDebugStatus, VcpuDebugStatusMessage, VmEnd};
@@ -308,9 +307,9 @@ impl GdbTarget {
     }
 
     /// Waits for GDB input or a vCPU stop, whichever comes first.
-    pub fn wait_for_stop(
+    pub fn wait_for_stop<C: SessionConn>(
         &mut self,
-        conn: &mut BufferedConn,
+        conn: &mut C,
     ) -> Result<Waited, super::SessionError> {
         loop {
             if let Some(i) = self.pending.iter().position(|m| self.reportable(m))
@@ -319,7 +318,7 @@ impl GdbTarget {
             {
                 return Ok(Waited::Stopped(reason));
             }
-            let (data, woke) = poll_two(conn, &self.wake)?;
+            let (data, woke) = conn.wait(&self.wake)?;
             if data {
                 let byte = conn.read()?;
                 return Ok(Waited::Data(byte));

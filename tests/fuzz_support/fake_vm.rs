@@ -1,0 +1,353 @@
+//! A VM without KVM for the GDB stub: vCPU threads that answer `VcpuDebug` requests from an
+//! in-memory model (registers, 1 MiB of guest RAM read through minivmm's own page walker),
+//! and a control loop that suspends and resumes them and, on resume, makes them stop the way
+//! real vCPUs do (step done, breakpoint or watchpoint hit, VM ended) or keep running.
+//! Failures (a vCPU error, a refused resume) are injected now and then.
+
+use std::sync::mpsc::{Receiver, channel};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use minivmm::arch::debug::{self as archdebug, DebugStop, SoftWatch};
+use minivmm::arch::debugreg::{HwBreakKind, HwSlot, NUM_SLOTS, debugreg_array};
+use minivmm::arch::gdb::X86_64KvmRegs;
+use minivmm::arch::paging::PagingContext;
+use minivmm::gdb::{GdbSetup, GdbTarget};
+use minivmm::memory::GuestMem;
+use minivmm::vcpu::{DebugChannel, VcpuControl, VcpuDebug, VcpuDebugStatus};
+use minivmm::vmm::{VmEvent, VmRequest, VmResponse};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::Rng;
+
+pub const RAM: usize = 1 << 20;
+/// Identity-mapping long-mode tables (one 2 MiB page) the vCPUs may start with.
+const PML4: u64 = 0x1000;
+
+#[derive(Default)]
+struct Cpu {
+    regs: X86_64KvmRegs,
+    paused: bool,
+    single_step: bool,
+    hw: [Option<HwSlot>; NUM_SLOTS],
+    sw: Vec<u64>,
+    soft: Vec<SoftWatch>,
+}
+
+impl Cpu {
+    fn ctx(&self) -> PagingContext {
+        PagingContext {
+            cr0: self.regs.cr0,
+            cr3: self.regs.cr3,
+            cr4: self.regs.cr4,
+            efer: self.regs.efer,
+        }
+    }
+}
+
+struct Model {
+    mem: GuestMem,
+    cpus: Vec<Cpu>,
+    rng: Rng,
+    /// Failures injected so far (the clean-up checks only hold without them).
+    injected: u32,
+    killed: bool,
+    ended: bool,
+}
+
+/// What the checks after a session can see of the VM.
+pub struct Observed {
+    pub injected: u32,
+    pub killed: bool,
+    pub ended: bool,
+    /// Per vCPU: paused, stepping, any hardware slot, any software breakpoint, any soft watch.
+    pub cpus: Vec<(bool, bool, bool, bool, bool)>,
+}
+
+pub struct FakeVm {
+    model: Arc<Mutex<Model>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+fn lock(m: &Mutex<Model>) -> MutexGuard<'_, Model> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl FakeVm {
+    /// A VM of `cpus` vCPUs and the stub's target for it.
+    pub fn start(
+        seed: u64,
+        cpus: usize,
+        watchpoints_work: bool,
+        starts_paused: bool,
+    ) -> (FakeVm, GdbTarget) {
+        let mut rng = Rng::new(seed);
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM)]).expect("guest RAM");
+        // PML4 -> PDPT -> PD with one 2 MiB page at 0, and some code-ish bytes.
+        mem.write_obj(0x2003u64, GuestAddress(PML4)).unwrap();
+        mem.write_obj(0x3003u64, GuestAddress(0x2000)).unwrap();
+        mem.write_obj(0x83u64, GuestAddress(0x3000)).unwrap();
+        mem.write_slice(&rng.bytes(0x1000), GuestAddress(0x10_000))
+            .unwrap();
+        let cpus: Vec<Cpu> = (0..cpus)
+            .map(|i| {
+                let mut regs = X86_64KvmRegs {
+                    rip: 0x10_000 + i as u64 * 0x10,
+                    ..Default::default()
+                };
+                regs.regs[7] = 0x8000;
+                if rng.chance(2, 3) {
+                    regs.cr0 = 0x8000_0011;
+                    regs.cr3 = PML4;
+                    regs.cr4 = 0x20;
+                    regs.efer = 0x500;
+                }
+                Cpu {
+                    regs,
+                    paused: starts_paused,
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let n = cpus.len();
+        let model = Arc::new(Mutex::new(Model {
+            mem,
+            cpus,
+            rng,
+            injected: 0,
+            killed: false,
+            ended: false,
+        }));
+        let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
+        let (debug_tx, debug_rx) = channel();
+        let debug = DebugChannel::new(debug_tx, wake.clone());
+        let (vm_tx, vm_rx) = channel();
+        let mut threads = Vec::new();
+        let mut vcpus = Vec::new();
+        for cpu in 0..n {
+            let (tx, rx) = channel();
+            vcpus.push(tx);
+            let (model, debug) = (model.clone(), debug.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("fake-vcpu{cpu}"))
+                    .spawn(move || vcpu_thread(cpu, rx, &model, &debug))
+                    .expect("spawning a fake vCPU"),
+            );
+        }
+        {
+            let model = model.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("fake-vmm".into())
+                    .spawn(move || vmm_thread(vm_rx, &model, &debug))
+                    .expect("spawning the fake VMM"),
+            );
+        }
+        let target = GdbTarget::new(GdbSetup {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            vcpus,
+            from_vcpu: debug_rx,
+            wake,
+            vm: vm_tx,
+            watchpoints_work,
+            vm_starts_paused: starts_paused,
+        });
+        (FakeVm { model, threads }, target)
+    }
+
+    pub fn observe(&self) -> Observed {
+        let m = lock(&self.model);
+        Observed {
+            injected: m.injected,
+            killed: m.killed,
+            ended: m.ended,
+            cpus: m
+                .cpus
+                .iter()
+                .map(|c| {
+                    (
+                        c.paused,
+                        c.single_step,
+                        c.hw.iter().any(Option::is_some),
+                        !c.sw.is_empty(),
+                        !c.soft.is_empty(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Waits for the threads, which end once the target (their channels' other end) is gone.
+    pub fn join(self) {
+        for t in self.threads {
+            t.join().expect("a fake VM thread panicked");
+        }
+    }
+}
+
+fn vcpu_thread(cpu: usize, rx: Receiver<VcpuControl>, model: &Mutex<Model>, debug: &DebugChannel) {
+    while let Ok(msg) = rx.recv() {
+        if let VcpuControl::Debug(req) = msg {
+            let answer = serve(&mut lock(model), cpu, req);
+            debug.send(cpu, answer);
+        }
+    }
+}
+
+/// What `Vcpu::serve_debug` does, on the model.
+fn serve(m: &mut Model, cpu: usize, req: VcpuDebug) -> VcpuDebugStatus {
+    if !m.cpus[cpu].paused {
+        return VcpuDebugStatus::Error("vCPU is running".into());
+    }
+    if m.rng.chance(1, 200) {
+        m.injected += 1;
+        return VcpuDebugStatus::Error("injected failure".into());
+    }
+    let Model { mem, cpus, .. } = m;
+    let c = &mut cpus[cpu];
+    match req {
+        VcpuDebug::ReadRegs => VcpuDebugStatus::RegValues(Box::new(c.regs.clone())),
+        VcpuDebug::WriteRegs(r) => {
+            c.regs = *r;
+            VcpuDebugStatus::CommandComplete
+        }
+        VcpuDebug::ReadMem(addr, len, space) => {
+            let bytes = archdebug::read_memory(mem, &c.ctx(), space, addr, len);
+            assert!(bytes.len() <= len, "read_memory returned more than asked");
+            VcpuDebugStatus::MemoryRegion(bytes)
+        }
+        VcpuDebug::WriteMem(addr, data, space) => {
+            match archdebug::write_memory(mem, &c.ctx(), space, addr, &data) {
+                Ok(()) => VcpuDebugStatus::CommandComplete,
+                Err(e) => VcpuDebugStatus::Error(e),
+            }
+        }
+        VcpuDebug::EnableSinglestep(on) => {
+            c.single_step = on;
+            VcpuDebugStatus::CommandComplete
+        }
+        VcpuDebug::SetHwBreakPoint(slots) => match debugreg_array(&slots) {
+            Ok(_) => {
+                c.hw = slots;
+                VcpuDebugStatus::CommandComplete
+            }
+            Err(e) => VcpuDebugStatus::Error(e.to_string()),
+        },
+        VcpuDebug::SetSwBreakPoints(mut addrs) => {
+            addrs.sort_unstable();
+            c.sw = addrs;
+            VcpuDebugStatus::CommandComplete
+        }
+        VcpuDebug::SetSoftWatchpoints(watches) => {
+            let ctx = c.ctx();
+            c.soft = watches
+                .iter()
+                .map(|&(addr, len)| SoftWatch::new(mem, &ctx, addr, len))
+                .collect();
+            VcpuDebugStatus::CommandComplete
+        }
+        VcpuDebug::Translate(vaddr) => VcpuDebugStatus::Translation(
+            archdebug::translate(mem, &c.ctx(), vaddr).map_err(|e| e.to_string()),
+        ),
+        VcpuDebug::DescribeSystemRegs => VcpuDebugStatus::Text(format!(
+            "cr0 {:#x} cr3 {:#x}\ncr4 {:#x} efer {:#x}\n",
+            c.regs.cr0, c.regs.cr3, c.regs.cr4, c.regs.efer
+        )),
+    }
+}
+
+fn vmm_thread(rx: Receiver<VmEvent>, model: &Mutex<Model>, debug: &DebugChannel) {
+    while let Ok(ev) = rx.recv() {
+        match ev {
+            VmEvent::Request(req, reply) => {
+                let answer = control(&mut lock(model), req, debug);
+                let _ = reply.send(answer);
+            }
+            VmEvent::DebuggerKill => lock(model).killed = true,
+            _ => {}
+        }
+    }
+}
+
+/// The VMM control loop's answer to a GDB request, and what the vCPUs do next.
+fn control(m: &mut Model, req: VmRequest, debug: &DebugChannel) -> VmResponse {
+    if m.rng.chance(1, 300) {
+        m.injected += 1;
+        return VmResponse::Err("injected refusal".into());
+    }
+    match req {
+        VmRequest::SuspendVcpus => {
+            m.cpus.iter_mut().for_each(|c| c.paused = true);
+            VmResponse::Ok
+        }
+        VmRequest::ResumeVcpus(which) => {
+            if let Some(bad) = which.iter().find(|&&i| i >= m.cpus.len()) {
+                return VmResponse::Err(format!("no vCPU {bad}"));
+            }
+            for &i in &which {
+                m.cpus[i].paused = false;
+            }
+            for &i in &which {
+                run_cpu(m, i, debug);
+            }
+            VmResponse::Ok
+        }
+    }
+}
+
+/// Decides how vCPU `i`, just resumed, stops (if it does) and tells the stub, as the vCPU
+/// thread does after a KVM_EXIT_DEBUG.
+fn run_cpu(m: &mut Model, i: usize, debug: &DebugChannel) {
+    if m.ended {
+        return;
+    }
+    if m.rng.chance(1, 100) {
+        m.ended = true;
+        debug.send(usize::MAX, VcpuDebugStatus::VmEnded(m.rng.byte()));
+        return;
+    }
+    let Model { cpus, rng, .. } = m;
+    let c = &mut cpus[i];
+    let stop = if c.single_step {
+        c.regs.rip = c.regs.rip.wrapping_add(1 + rng.below(15));
+        c.single_step = false;
+        Some(DebugStop::Step)
+    } else {
+        match rng.below(8) {
+            0 | 1 if !c.sw.is_empty() => {
+                c.regs.rip = *rng.pick(&c.sw);
+                Some(DebugStop::SwBreak)
+            }
+            2 => {
+                c.hw.iter()
+                    .flatten()
+                    .find(|s| s.kind == HwBreakKind::Execute)
+                    .map(|s| {
+                        c.regs.rip = s.addr;
+                        DebugStop::HwBreak
+                    })
+            }
+            3 => {
+                c.hw.iter()
+                    .flatten()
+                    .find(|s| s.kind != HwBreakKind::Execute)
+                    .map(|s| DebugStop::Watch {
+                        addr: s.addr,
+                        kind: s.kind,
+                    })
+            }
+            4 if !c.soft.is_empty() => Some(DebugStop::Watch {
+                addr: c.soft[rng.index(c.soft.len())].addr,
+                kind: HwBreakKind::Write,
+            }),
+            // Keeps running until GDB interrupts it.
+            _ => None,
+        }
+    };
+    if let Some(stop) = stop {
+        c.paused = true;
+        debug.send(i, VcpuDebugStatus::Stopped(stop));
+    }
+}
