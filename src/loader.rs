@@ -680,7 +680,7 @@ mod tests {
         // 2 GiB of RAM, but this kernel takes its initrd only below 0x37ffffff.
         let (mem, _) = boot(&bzimage(0x020f, 1, 4096), Some(&[9u8; 5000]), 2048).unwrap();
         let p: ZeroPage = mem.read_obj(GuestAddress(ZERO_PAGE)).unwrap();
-        let image = u64::from({ p.0.hdr.ramdisk_image });
+        let image = u64::from(p.0.hdr.ramdisk_image);
         assert_eq!(image % 4096, 0);
         assert!(
             image + 5000 <= 0x3800_0000,

@@ -32,7 +32,10 @@ use crate::vmm::VmEvent;
 pub enum VcpuControl {
     /// Stop running the guest until `Resume`.
     Pause,
-    Resume,
+    /// Run again, unless this vCPU sent debug stops the debugger has not received yet
+    /// (`Some(received)` counts those it has): that stop is on its way and will be reported,
+    /// so the vCPU must still be standing on it. `None` resumes in any case.
+    Resume(Option<u64>),
     /// Leave the thread.
     Exit,
     /// A debugger request, served only while paused; answered on the debug channel.
@@ -220,6 +223,8 @@ struct DebugState {
     /// The register file as last read while paused: GDB asks again and again during a stop,
     /// and reading it takes five ioctls. Dropped whenever the vCPU runs.
     regs: Option<Box<X86_64KvmRegs>>,
+    /// Stop notifications sent to the debugger, for `Resume`.
+    stops_sent: u64,
 }
 
 impl Vcpu {
@@ -275,9 +280,11 @@ impl Vcpu {
                             paused.store(true, Ordering::SeqCst);
                         }
                     }
-                    VcpuControl::Resume => {
-                        debug.regs = None;
-                        paused.store(false, Ordering::SeqCst);
+                    VcpuControl::Resume(received) => {
+                        if received.is_none_or(|n| n >= debug.stops_sent) {
+                            debug.regs = None;
+                            paused.store(false, Ordering::SeqCst);
+                        }
                     }
                     VcpuControl::Exit => return,
                     VcpuControl::Debug(req) => {
@@ -305,6 +312,7 @@ impl Vcpu {
                         }
                     }
                     if let Some(ch) = &self.debug {
+                        debug.stops_sent += 1;
                         ch.send(self.index, VcpuDebugStatus::Stopped(stop));
                     }
                 }
@@ -504,38 +512,36 @@ impl Vcpu {
             let internal = &self.fd.get_kvm_run().__bindgen_anon_1.internal;
             (internal.suberror, internal.ndata)
         };
-        if suberror == assist::SUBERROR_EMULATION {
-            if let Some(fault) = assist::fetch_fault(&self.fd, &self.mem) {
-                let linear_rip = fault.linear_rip;
-                if assist::is_int3(&fault.bytes)
-                    && debug.sw_breakpoints.binary_search(&linear_rip).is_ok()
-                {
-                    // This host reports int3 as an emulation failure; RIP is still at the int3,
-                    // exactly where a debugger expects a software breakpoint stop.
-                    return Next::DebugStop(DebugStop::SwBreak);
+        if suberror == assist::SUBERROR_EMULATION
+            && let Some(fault) = assist::fetch_fault(&self.fd, &self.mem)
+        {
+            let linear_rip = fault.linear_rip;
+            if assist::is_int3(&fault.bytes)
+                && debug.sw_breakpoints.binary_search(&linear_rip).is_ok()
+            {
+                // This host reports int3 as an emulation failure; RIP is still at the int3,
+                // exactly where a debugger expects a software breakpoint stop.
+                return Next::DebugStop(DebugStop::SwBreak);
+            }
+            match assist::emulate_unsupported(&self.fd, &fault) {
+                Ok(Some(insn)) => {
+                    debug!("vCPU {}: emulated {insn:?} at {linear_rip:#x}", self.index);
+                    return Next::Continue;
                 }
-                match assist::emulate_unsupported(&self.fd, &fault) {
-                    Ok(Some(insn)) => {
-                        debug!("vCPU {}: emulated {insn:?} at {linear_rip:#x}", self.index);
-                        return Next::Continue;
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        return Next::Stop(VcpuFault::Crashed(format!(
-                            "emulating an instruction failed: {e}"
-                        )));
-                    }
+                Ok(None) => {}
+                Err(e) => {
+                    return Next::Stop(VcpuFault::Crashed(format!(
+                        "emulating an instruction failed: {e}"
+                    )));
                 }
-                if assist::is_int3(&fault.bytes) {
-                    // Only a host that emulates guest code gets here: deliver the #BP the guest
-                    // would have taken on hardware.
-                    return match assist::inject_breakpoint(&self.fd, &fault) {
-                        Ok(()) => Next::Continue,
-                        Err(e) => {
-                            Next::Stop(VcpuFault::Crashed(format!("could not inject #BP: {e}")))
-                        }
-                    };
-                }
+            }
+            if assist::is_int3(&fault.bytes) {
+                // Only a host that emulates guest code gets here: deliver the #BP the guest
+                // would have taken on hardware.
+                return match assist::inject_breakpoint(&self.fd, &fault) {
+                    Ok(()) => Next::Continue,
+                    Err(e) => Next::Stop(VcpuFault::Crashed(format!("could not inject #BP: {e}"))),
+                };
             }
         }
         let what = match suberror {

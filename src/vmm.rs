@@ -119,8 +119,9 @@ pub enum VmEvent {
 pub enum VmRequest {
     /// Pause every vCPU (all-stop). Debug requests queued after this are served paused.
     SuspendVcpus,
-    /// Let these vCPUs run again.
-    ResumeVcpus(Vec<usize>),
+    /// Let these vCPUs run again: (vCPU, how many of its stop notifications the debugger
+    /// has received, or None to resume whatever it sent; see `VcpuControl::Resume`).
+    ResumeVcpus(Vec<(usize, Option<u64>)>),
 }
 
 #[derive(Debug)]
@@ -508,12 +509,12 @@ fn control_loop(events: &Receiver<VmEvent>, vcpus: &[VcpuHandle]) -> Outcome {
                         VmResponse::Ok
                     }
                     VmRequest::ResumeVcpus(which) => {
-                        match which.iter().find(|&&i| i >= vcpus.len()) {
-                            Some(bad) => VmResponse::Err(format!("no vCPU {bad}")),
+                        match which.iter().find(|&&(i, _)| i >= vcpus.len()) {
+                            Some((bad, _)) => VmResponse::Err(format!("no vCPU {bad}")),
                             None => {
-                                which
-                                    .iter()
-                                    .for_each(|&i| vcpus[i].send(VcpuControl::Resume));
+                                for &(i, received) in &which {
+                                    vcpus[i].send(VcpuControl::Resume(received));
+                                }
                                 VmResponse::Ok
                             }
                         }

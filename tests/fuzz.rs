@@ -1385,11 +1385,24 @@ fn run_gdb(c: &GdbCase) {
             }
             AfterSession::VmEnded => break,
             AfterSession::Detached if seen.injected == 0 && !seen.ended => {
-                // GDB went away: nothing of its stays planted, and the VM runs on.
+                // GDB went away: nothing of its stays planted, and the VM runs on. The resume
+                // reaches each vCPU through its queue, as in minivmm: give it a moment.
+                let mut seen = seen;
+                let deadline = std::time::Instant::now() + Duration::from_secs(2);
+                while seen.cpus.iter().any(|c| c.0)
+                    && !seen.ended
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::yield_now();
+                    seen = vm.observe();
+                }
+                if seen.ended {
+                    break;
+                }
                 for (i, &(paused, step, hw, sw, soft)) in seen.cpus.iter().enumerate() {
                     assert!(
                         !step && !hw && !sw && !soft,
-                        "vCPU {i} keeps GDB's debug state after detach"
+                        "vCPU {i} keeps GDB's debug state after detach (step {step}, hw {hw}, sw {sw}, soft {soft})"
                     );
                     assert!(!paused, "vCPU {i} still paused after detach");
                 }

@@ -55,6 +55,8 @@ pub struct GdbTarget {
     actions: Vec<Action>,
     /// Posted requests per vCPU whose acknowledgement has not arrived yet.
     unacked: Vec<usize>,
+    /// Stop notifications received from each vCPU (see `VcpuControl::Resume`).
+    stops_received: Vec<u64>,
     /// The vCPUs the last resume let run: only their stops may be reported now; other
     /// vCPUs' stops stay queued until GDB resumes them (scheduler locking).
     resumed: Vec<bool>,
@@ -85,6 +87,7 @@ impl GdbTarget {
             pending: VecDeque::new(),
             actions: vec![Action::Default; n],
             unacked: vec![0; n],
+            stops_received: vec![0; n],
             resumed: vec![false; n],
             maybe_running: vec![!setup.vm_starts_paused; n],
             current_cpu: 0,
@@ -172,6 +175,11 @@ impl GdbTarget {
     fn absorb(&mut self, m: VcpuDebugStatusMessage) -> Option<VcpuDebugStatusMessage> {
         match m.msg {
             VcpuDebugStatus::Stopped(_) | VcpuDebugStatus::VmEnded(_) => {
+                if let (VcpuDebugStatus::Stopped(_), Some(n)) =
+                    (&m.msg, self.stops_received.get_mut(m.cpu))
+                {
+                    *n += 1;
+                }
                 self.pending.push_back(m);
                 None
             }
@@ -185,6 +193,21 @@ impl GdbTarget {
                 None
             }
             _ => Some(m),
+        }
+    }
+
+    /// Files everything the vCPUs have sent so far without waiting for more.
+    fn drain_notifications(&mut self) -> Result<(), GdbError> {
+        loop {
+            match self.from_vcpu.try_recv() {
+                Ok(m) => {
+                    if let Some(m) = self.absorb(m) {
+                        debug!("stale answer from vCPU {}: {:?}", m.cpu, m.msg);
+                    }
+                }
+                Err(TryRecvError::Empty) => return Ok(()),
+                Err(TryRecvError::Disconnected) => return Err(GdbError::VcpuGone(0)),
+            }
         }
     }
 
@@ -274,7 +297,11 @@ impl GdbTarget {
             let _ = self.vcpu_request(cpu, VcpuDebug::EnableSinglestep(false));
         }
         self.pending.clear();
-        self.resume_cpus((0..self.vcpus.len()).collect())
+        // Awaited: when GDB's session is over, the VM is running again.
+        let all = (0..self.vcpus.len()).map(|c| (c, None)).collect();
+        self.vm_request(VmRequest::ResumeVcpus(all))?;
+        self.maybe_running.fill(true);
+        Ok(())
     }
 
     /// GDB's `kill`: end minivmm.
@@ -286,8 +313,13 @@ impl GdbTarget {
     /// behind whatever was already queued for it.
     fn resume_cpus(&mut self, cpus: Vec<usize>) -> Result<(), GdbError> {
         let (tx, _) = channel();
+        // A vCPU whose stop is still on its way stays where it stopped (it is reported next).
+        let which = cpus
+            .iter()
+            .map(|&c| (c, Some(self.stops_received[c])))
+            .collect();
         self.vm
-            .send(VmEvent::Request(VmRequest::ResumeVcpus(cpus.clone()), tx))
+            .send(VmEvent::Request(VmRequest::ResumeVcpus(which), tx))
             .map_err(|_| GdbError::VmGone)?;
         for cpu in cpus {
             self.maybe_running[cpu] = true;
@@ -325,17 +357,7 @@ impl GdbTarget {
             }
             if woke {
                 let _ = self.wake.read();
-                loop {
-                    match self.from_vcpu.try_recv() {
-                        Ok(m) => {
-                            if let Some(m) = self.absorb(m) {
-                                debug!("stale answer from vCPU {}: {:?}", m.cpu, m.msg);
-                            }
-                        }
-                        Err(TryRecvError::Empty) => break,
-                        Err(TryRecvError::Disconnected) => return Err(GdbError::VcpuGone(0).into()),
-                    }
-                }
+                self.drain_notifications()?;
             }
         }
     }
@@ -521,14 +543,16 @@ impl SingleRegisterAccess<Tid> for GdbTarget {
 
 impl MultiThreadResume for GdbTarget {
     fn resume(&mut self) -> Result<(), Self::Error> {
+        Breakpoints::sync_to_vcpus(self)
+            .map_err(|_| GdbError::VmRefused("breakpoint setup failed".into()))?;
         // A stop that arrived while GDB was busy, from a vCPU GDB now resumes, is reported
-        // before anything runs again.
+        // before anything runs again. One still on its way is caught by the vCPU itself: the
+        // resume tells it how many of its stops arrived (see `VcpuControl::Resume`).
+        self.drain_notifications()?;
         self.resumed = self.actions.iter().map(|a| *a != Action::Stay).collect();
         if self.pending.iter().any(|m| self.reportable(m)) {
             return Ok(());
         }
-        Breakpoints::sync_to_vcpus(self)
-            .map_err(|_| GdbError::VmRefused("breakpoint setup failed".into()))?;
         let mut run = Vec::new();
         for cpu in 0..self.vcpus.len() {
             let action = self.actions[cpu];

@@ -4,7 +4,7 @@
 //! real vCPUs do (step done, breakpoint or watchpoint hit, VM ended) or keep running.
 //! Failures (a vCPU error, a refused resume) are injected now and then.
 
-use std::sync::mpsc::{Receiver, channel};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -14,7 +14,7 @@ use minivmm::arch::gdb::X86_64KvmRegs;
 use minivmm::arch::paging::PagingContext;
 use minivmm::gdb::{GdbSetup, GdbTarget};
 use minivmm::memory::GuestMem;
-use minivmm::vcpu::{DebugChannel, VcpuControl, VcpuDebug, VcpuDebugStatus};
+use minivmm::vcpu::{DebugChannel, VcpuControl, VcpuDebug, VcpuDebugStatus, VmEnd};
 use minivmm::vmm::{VmEvent, VmRequest, VmResponse};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -33,6 +33,8 @@ struct Cpu {
     hw: [Option<HwSlot>; NUM_SLOTS],
     sw: Vec<u64>,
     soft: Vec<SoftWatch>,
+    /// Stop notifications sent, as the real vCPU counts them for `Resume`.
+    stops_sent: u64,
 }
 
 impl Cpu {
@@ -138,15 +140,15 @@ impl FakeVm {
         }
         {
             let model = model.clone();
+            let vcpus = vcpus.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name("fake-vmm".into())
-                    .spawn(move || vmm_thread(vm_rx, &model, &debug))
+                    .spawn(move || vmm_thread(vm_rx, &model, &vcpus))
                     .expect("spawning the fake VMM"),
             );
         }
         let target = GdbTarget::new(GdbSetup {
-            addr: "127.0.0.1:0".parse().unwrap(),
             vcpus,
             from_vcpu: debug_rx,
             wake,
@@ -189,9 +191,22 @@ impl FakeVm {
 
 fn vcpu_thread(cpu: usize, rx: Receiver<VcpuControl>, model: &Mutex<Model>, debug: &DebugChannel) {
     while let Ok(msg) = rx.recv() {
-        if let VcpuControl::Debug(req) = msg {
-            let answer = serve(&mut lock(model), cpu, req);
-            debug.send(cpu, answer);
+        match msg {
+            VcpuControl::Debug(req) => {
+                let answer = serve(&mut lock(model), cpu, req);
+                debug.send(cpu, answer);
+            }
+            // Like the real vCPU thread: a resume is served in order with the debug
+            // requests queued before it (the stub posts those without waiting).
+            VcpuControl::Resume(received) => {
+                let m = &mut lock(model);
+                if received.is_none_or(|n| n >= m.cpus[cpu].stops_sent) {
+                    m.cpus[cpu].paused = false;
+                    run_cpu(m, cpu, debug);
+                }
+            }
+            VcpuControl::Pause => lock(model).cpus[cpu].paused = true,
+            _ => {}
         }
     }
 }
@@ -258,11 +273,11 @@ fn serve(m: &mut Model, cpu: usize, req: VcpuDebug) -> VcpuDebugStatus {
     }
 }
 
-fn vmm_thread(rx: Receiver<VmEvent>, model: &Mutex<Model>, debug: &DebugChannel) {
+fn vmm_thread(rx: Receiver<VmEvent>, model: &Mutex<Model>, vcpus: &[Sender<VcpuControl>]) {
     while let Ok(ev) = rx.recv() {
         match ev {
             VmEvent::Request(req, reply) => {
-                let answer = control(&mut lock(model), req, debug);
+                let answer = control(&mut lock(model), req, vcpus);
                 let _ = reply.send(answer);
             }
             VmEvent::DebuggerKill => lock(model).killed = true,
@@ -272,25 +287,26 @@ fn vmm_thread(rx: Receiver<VmEvent>, model: &Mutex<Model>, debug: &DebugChannel)
 }
 
 /// The VMM control loop's answer to a GDB request, and what the vCPUs do next.
-fn control(m: &mut Model, req: VmRequest, debug: &DebugChannel) -> VmResponse {
+fn control(m: &mut Model, req: VmRequest, vcpus: &[Sender<VcpuControl>]) -> VmResponse {
     if m.rng.chance(1, 300) {
         m.injected += 1;
         return VmResponse::Err("injected refusal".into());
     }
     match req {
+        // Through each vCPU's queue, as minivmm's control loop does: requests queued before
+        // a pause (a posted resume) are served first.
         VmRequest::SuspendVcpus => {
-            m.cpus.iter_mut().for_each(|c| c.paused = true);
+            for tx in vcpus {
+                let _ = tx.send(VcpuControl::Pause);
+            }
             VmResponse::Ok
         }
         VmRequest::ResumeVcpus(which) => {
-            if let Some(bad) = which.iter().find(|&&i| i >= m.cpus.len()) {
+            if let Some((bad, _)) = which.iter().find(|&&(i, _)| i >= m.cpus.len()) {
                 return VmResponse::Err(format!("no vCPU {bad}"));
             }
-            for &i in &which {
-                m.cpus[i].paused = false;
-            }
-            for &i in &which {
-                run_cpu(m, i, debug);
+            for &(i, received) in &which {
+                let _ = vcpus[i].send(VcpuControl::Resume(received));
             }
             VmResponse::Ok
         }
@@ -305,7 +321,13 @@ fn run_cpu(m: &mut Model, i: usize, debug: &DebugChannel) {
     }
     if m.rng.chance(1, 100) {
         m.ended = true;
-        debug.send(usize::MAX, VcpuDebugStatus::VmEnded(m.rng.byte()));
+        let code = m.rng.byte();
+        let end = if code & 1 == 0 {
+            VmEnd::Exited(code)
+        } else {
+            VmEnd::Signalled(code >> 1)
+        };
+        debug.send(usize::MAX, VcpuDebugStatus::VmEnded(end));
         return;
     }
     let Model { cpus, rng, .. } = m;
@@ -348,6 +370,7 @@ fn run_cpu(m: &mut Model, i: usize, debug: &DebugChannel) {
     };
     if let Some(stop) = stop {
         c.paused = true;
+        c.stops_sent += 1;
         debug.send(i, VcpuDebugStatus::Stopped(stop));
     }
 }
