@@ -27,6 +27,7 @@ pub struct BufferedConn {
     inbuf: Box<[u8]>,
     start: usize,
     end: usize,
+    guard: WriteGuard,
 }
 
 impl BufferedConn {
@@ -37,6 +38,7 @@ impl BufferedConn {
             inbuf: vec![0; READ_BUFFER].into_boxed_slice(),
             start: 0,
             end: 0,
+            guard: WriteGuard::default(),
         }
     }
 
@@ -109,6 +111,7 @@ impl ConnectionExt for BufferedConn {
         }
         let b = self.inbuf[self.start];
         self.start += 1;
+        self.guard.check(b)?;
         Ok(b)
     }
 
@@ -201,6 +204,74 @@ impl SessionConn for MemConn<'_> {
     }
 }
 
+/// Watches the packets going to gdbstub for memory writes whose length field disagrees with
+/// their data. gdbstub 0.7 writes the data and ignores the length; such a packet can only come
+/// from a broken or hostile client, so the connection is dropped before gdbstub sees the end
+/// of it and no guest byte changes.
+#[derive(Default)]
+pub struct WriteGuard {
+    in_packet: bool,
+    body: Vec<u8>,
+}
+
+/// Packets longer than this are not kept: they are not memory writes GDB would send.
+const GUARD_MAX_BODY: usize = 0x4_0000;
+
+impl WriteGuard {
+    /// Sees one incoming byte; an error means "drop the connection".
+    pub fn check(&mut self, b: u8) -> io::Result<()> {
+        if !self.in_packet {
+            if b == b'$' {
+                self.in_packet = true;
+                self.body.clear();
+            }
+            return Ok(());
+        }
+        if b != b'#' {
+            if self.body.len() < GUARD_MAX_BODY {
+                self.body.push(b);
+            }
+            return Ok(());
+        }
+        self.in_packet = false;
+        match write_length_mismatch(&self.body) {
+            Some(why) => Err(io::Error::new(io::ErrorKind::InvalidData, why)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// For an `M`/`X` packet body whose data length differs from its length field, says how.
+pub fn write_length_mismatch(body: &[u8]) -> Option<String> {
+    let kind = *body.first()?;
+    if kind != b'M' && kind != b'X' {
+        return None;
+    }
+    let colon = body.iter().position(|&c| c == b':')?;
+    let header = std::str::from_utf8(&body[1..colon]).ok()?;
+    let len = usize::from_str_radix(header.split_once(',')?.1, 16).ok();
+    let data = &body[colon + 1..];
+    let have = if kind == b'M' {
+        // Two hex digits a byte; an odd count is malformed as well.
+        if data.len() % 2 != 0 {
+            return Some(format!("M packet with {} hex digits", data.len()));
+        }
+        data.len() / 2
+    } else {
+        // Binary data: `}` escapes the byte after it.
+        let escapes = data.iter().filter(|&&c| c == b'}').count();
+        data.len() - escapes
+    };
+    match len {
+        Some(len) if len == have => None,
+        Some(len) => Some(format!(
+            "{} packet says {len} bytes but carries {have}",
+            kind as char
+        )),
+        None => Some(format!("{} packet with an unreadable length", kind as char)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,6 +282,36 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
         (BufferedConn::new(server), client)
+    }
+
+    #[test]
+    fn memory_writes_must_match_their_length() {
+        assert_eq!(write_length_mismatch(b"M100000,4:00112233"), None);
+        assert_eq!(
+            write_length_mismatch(b"X100000,2:}]a"),
+            None,
+            "an escaped byte counts once"
+        );
+        assert_eq!(write_length_mismatch(b"X100000,0:"), None);
+        assert_eq!(
+            write_length_mismatch(b"m100000,ffff"),
+            None,
+            "reads are not checked"
+        );
+        assert!(write_length_mismatch(b"M100000,ffffffffffffffff:00").is_some());
+        assert!(write_length_mismatch(b"M100000,1:00000000").is_some());
+        assert!(
+            write_length_mismatch(b"M100000,2:001").is_some(),
+            "odd hex digits"
+        );
+        assert!(write_length_mismatch(b"X100000,zz:ab").is_some());
+        let mut g = WriteGuard::default();
+        assert!(b"+$M1,1:00#".iter().all(|&b| g.check(b).is_ok()));
+        assert!(b"$M1,2:00".iter().all(|&b| g.check(b).is_ok()));
+        assert!(
+            g.check(b'#').is_err(),
+            "dropped before the checksum reaches gdbstub"
+        );
     }
 
     #[test]
