@@ -253,7 +253,7 @@ pub fn write_length_mismatch(body: &[u8]) -> Option<String> {
     let data = &body[colon + 1..];
     let have = if kind == b'M' {
         // Two hex digits a byte; an odd count is malformed as well.
-        if data.len() % 2 != 0 {
+        if !data.len().is_multiple_of(2) {
             return Some(format!("M packet with {} hex digits", data.len()));
         }
         data.len() / 2
