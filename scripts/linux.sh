@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Boots Debian's stock cloud kernel with minivmm's tiny initramfs (see fetch-linux.sh and
-# mkinitramfs.py). Extra arguments go to minivmm (e.g. --gdb 1234, --cmdline '... minivmm.shell').
-#   MINIVMM   the minivmm binary (default: target/release/minivmm)
+# mkinitramfs.py). Extra arguments go to minivmm (e.g. --gdb 1234).
+#   MINIVMM        the minivmm binary (default: target/release/minivmm)
+#   LINUX_CMDLINE  the kernel command line (add minivmm.shell for a busybox shell)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,4 +14,4 @@ python3 scripts/mkinitramfs.py --init "$guests/linux-init" --busybox "$linux/bus
 
 echo "booting $(cat "$linux/package") with 2 vCPUs (about 4 minutes on an emulating nested-KVM host)" >&2
 exec "$minivmm" --kernel "$linux/vmlinuz" --initrd "$initrd" --cpus 2 --mem 512 \
-    --cmdline "console=ttyS0 reboot=k cryptomgr.notests" "$@"
+    --cmdline "${LINUX_CMDLINE:-console=ttyS0 reboot=k cryptomgr.notests}" "$@"
