@@ -22,7 +22,7 @@ use crate::arch::debug::{
 };
 use crate::arch::debugreg::{HwBreakKind, HwSlot, NUM_SLOTS};
 use crate::arch::gdb::X86_64KvmRegs;
-use crate::arch::paging::Translation;
+use crate::arch::paging::{PagingContext, Translation};
 use crate::devices::PioBus;
 use crate::memory::GuestMem;
 use crate::vmm::VmEvent;
@@ -109,7 +109,13 @@ impl DebugChannel {
     }
 
     pub fn send(&self, cpu: usize, msg: VcpuDebugStatus) {
-        if self.tx.send(VcpuDebugStatusMessage { cpu, msg }).is_ok() {
+        // Answers are awaited on the channel itself; only notifications can arrive while the
+        // GDB thread sleeps in poll(2), so only they cost an eventfd write.
+        let notify = matches!(
+            msg,
+            VcpuDebugStatus::Stopped(_) | VcpuDebugStatus::VmEnded(_)
+        );
+        if self.tx.send(VcpuDebugStatusMessage { cpu, msg }).is_ok() && notify {
             let _ = self.wake.write(1);
         }
     }
@@ -304,16 +310,14 @@ impl Vcpu {
                 Next::Continue => {}
                 Next::DebugStop(stop) => {
                     paused.store(true, Ordering::SeqCst);
-                    // One step at a time: stepping stays off until the debugger asks again.
-                    if debug.config.single_step {
-                        debug.config.single_step = false;
-                        if let Err(e) = archdebug::set_guest_debug(&self.fd, &debug.config) {
-                            warn!("vCPU {}: {e}", self.index);
-                        }
-                    }
+                    // Stepping stays as it is: the debugger says, before every resume, whether
+                    // to step, so a run of `stepi`s programs KVM only once.
                     if let Some(ch) = &self.debug {
                         debug.stops_sent += 1;
                         ch.send(self.index, VcpuDebugStatus::Stopped(stop));
+                        // GDB asks for the registers right after every stop: read them while
+                        // the stop reply travels.
+                        debug.regs = archdebug::read_registers(&self.fd).ok().map(Box::new);
                     }
                 }
                 Next::Stop(fault) => {
@@ -350,6 +354,19 @@ impl Vcpu {
         Ok(VcpuDebugStatus::CommandComplete)
     }
 
+    /// The paging registers, from the kept register file when there is one.
+    fn paging_context(&self, debug: &DebugState) -> Result<PagingContext, String> {
+        match &debug.regs {
+            Some(r) => Ok(PagingContext {
+                cr0: r.cr0,
+                cr3: r.cr3,
+                cr4: r.cr4,
+                efer: r.efer,
+            }),
+            None => archdebug::paging_context(&self.fd),
+        }
+    }
+
     fn serve_debug(&mut self, req: VcpuDebug, debug: &mut DebugState) -> VcpuDebugStatus {
         let block_irq = self.block_irq_when_stepping;
         let result = match req {
@@ -365,14 +382,13 @@ impl Vcpu {
                 archdebug::write_registers(&self.fd, &regs)
                     .map(|_| VcpuDebugStatus::CommandComplete)
             }
-            VcpuDebug::ReadMem(addr, len, space) => {
-                archdebug::paging_context(&self.fd).map(|ctx| {
-                    VcpuDebugStatus::MemoryRegion(archdebug::read_memory(
-                        &self.mem, &ctx, space, addr, len,
-                    ))
-                })
-            }
-            VcpuDebug::WriteMem(addr, data, space) => archdebug::paging_context(&self.fd)
+            VcpuDebug::ReadMem(addr, len, space) => self.paging_context(debug).map(|ctx| {
+                VcpuDebugStatus::MemoryRegion(archdebug::read_memory(
+                    &self.mem, &ctx, space, addr, len,
+                ))
+            }),
+            VcpuDebug::WriteMem(addr, data, space) => self
+                .paging_context(debug)
                 .and_then(|ctx| archdebug::write_memory(&self.mem, &ctx, space, addr, &data))
                 .map(|_| VcpuDebugStatus::CommandComplete),
             VcpuDebug::EnableSinglestep(on) => self.apply_debug(debug, |c| {
@@ -396,7 +412,7 @@ impl Vcpu {
                     self.apply_debug(debug, |c| c.watch_stepping = any)
                 })
             }
-            VcpuDebug::Translate(vaddr) => archdebug::paging_context(&self.fd).map(|ctx| {
+            VcpuDebug::Translate(vaddr) => self.paging_context(debug).map(|ctx| {
                 VcpuDebugStatus::Translation(
                     archdebug::translate(&self.mem, &ctx, vaddr).map_err(|e| e.to_string()),
                 )
