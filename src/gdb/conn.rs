@@ -69,6 +69,26 @@ impl BufferedConn {
     }
 }
 
+/// A session's end: what gdbstub wrote last (a `W`/`X` reply) must reach GDB. Closing a socket
+/// with unread input (GDB's `+` for that reply) makes the kernel reset the connection, and
+/// GDB may then lose the reply; so say goodbye properly and read what is still coming.
+impl Drop for BufferedConn {
+    fn drop(&mut self) {
+        let _ = Connection::flush(self);
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        let _ = self
+            .stream
+            .set_read_timeout(Some(std::time::Duration::from_millis(50)));
+        let mut scratch = [0u8; 512];
+        for _ in 0..16 {
+            match Read::read(&mut self.stream, &mut scratch) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
 impl AsRawFd for BufferedConn {
     fn as_raw_fd(&self) -> RawFd {
         self.stream.as_raw_fd()
