@@ -242,6 +242,12 @@ const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
 /// Protocol 2.06 added cmdline_size; older kernels took 255 bytes.
 const OLD_CMDLINE_MAX: usize = 255;
 
+/// Where the initrd is, for the kernel (placed below 4 GiB, so 32-bit fields suffice).
+fn set_ramdisk(params: &mut boot_params, addr: u64, initrd: &[u8]) {
+    params.hdr.ramdisk_image = addr as u32;
+    params.hdr.ramdisk_size = initrd.len() as u32;
+}
+
 fn write_zero_page(mem: &GuestMem, spec: &BootSpec, mut params: boot_params) -> Result<()> {
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
     params.hdr.cmd_line_ptr = CMDLINE as u32;
@@ -355,8 +361,7 @@ fn load_bzimage(
         };
         let highest = limit.min(spec.low_ram_end - 1);
         let addr = place_initrd(mem, initrd, kernel_end, highest)?;
-        params.hdr.ramdisk_image = addr as u32;
-        params.hdr.ramdisk_size = initrd.len() as u32;
+        set_ramdisk(&mut params, addr, initrd);
     }
     write_zero_page(mem, spec, params)?;
     Ok(LoadedKernel {
@@ -517,8 +522,7 @@ fn load_elf(
     params.hdr.header = HDRS_MAGIC;
     params.hdr.kernel_alignment = 0x0100_0000;
     if let (Some(addr), Some(initrd)) = (initrd_at, initrd) {
-        params.hdr.ramdisk_image = addr as u32;
-        params.hdr.ramdisk_size = initrd.len() as u32;
+        set_ramdisk(&mut params, addr, initrd);
     }
     write_zero_page(mem, spec, params)?;
     Ok(LoadedKernel {

@@ -5,14 +5,15 @@
 //! point, which take about a minute each on an emulating nested-KVM host. The full boot to the
 //! initramfs marker is `#[ignore]`d here and run by `make linux-test`.
 
+mod common;
+
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use common::Vm;
 
 const MINIVMM: &str = env!("CARGO_BIN_EXE_minivmm");
 const GUESTS: &str = env!("MINIVMM_GUESTS_DIR");
@@ -52,87 +53,22 @@ fn initramfs(linux: &Path) -> PathBuf {
     out
 }
 
-/// minivmm with the serial console read line by line on a thread.
-struct Vm {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-    stderr: Option<thread::JoinHandle<String>>,
+/// The console lines minivmm printed so far.
+fn console_lines(vm: &Vm) -> Vec<String> {
+    let (out, _) = vm.output_so_far();
+    String::from_utf8_lossy(&out)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
-impl Vm {
-    fn start(args: &[&str]) -> Vm {
-        let mut child = Command::new(MINIVMM)
-            .args(args)
-            .env("RUST_LOG", "minivmm=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting minivmm");
-        let stdout = child.stdout.take().unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            s
-        });
-        Vm {
-            child,
-            lines: rx,
-            seen: Vec::new(),
-            stderr: Some(stderr),
-        }
-    }
-
-    /// Waits for a serial line containing `needle`; panics with the console so far on timeout.
-    fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => {
-                    let _ = self.child.kill();
-                    panic!(
-                        "no serial line with {needle:?} within {timeout:?}; console so far:\n{}",
-                        self.seen.join("\n")
-                    );
-                }
-            }
-        }
-    }
-
-    fn finish(mut self) -> (Option<i32>, String) {
-        let _ = self.child.kill();
-        let status = self.child.wait().ok().and_then(|s| s.code());
-        let stderr = self
-            .stderr
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or_default();
-        (status, stderr)
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
+/// The first console line containing `needle`.
+fn line_with(lines: &[String], needle: &str) -> String {
+    lines
+        .iter()
+        .find(|l| l.contains(needle))
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Emulating hosts get extra command-line words from minivmm, which it logs.
@@ -154,22 +90,25 @@ fn linux_prints_banner_exact_cmdline_and_our_e820_map() {
     let linux = linux_dir();
     let kernel = linux.join("vmlinuz");
     let cmdline = "console=ttyS0 reboot=k earlyprintk=serial,ttyS0 minivmm.test=banner";
-    let mut vm = Vm::start(&[
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--mem",
-        "256",
-        "--cmdline",
-        cmdline,
-    ]);
-    let banner = vm.wait_for("Linux version", EARLY);
-    let got_cmdline = vm.wait_for("Command line:", Duration::from_secs(30));
-    vm.wait_for("BIOS-e820", Duration::from_secs(30));
-    let mut e820 = vec![vm.seen.last().cloned().unwrap_or_default()];
-    for _ in 0..2 {
-        e820.push(vm.wait_for("BIOS-e820", Duration::from_secs(30)));
-    }
-    let (_, stderr) = vm.finish();
+    let mut vm = Vm::spawn(
+        [
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--mem",
+            "256",
+            "--cmdline",
+            cmdline,
+        ],
+        &[("RUST_LOG", "minivmm=info")],
+    );
+    // The last of the three e820 lines minivmm's map gives for 256 MiB.
+    vm.wait_for_stdout("BIOS-e820: [mem 0x0000000000100000", EARLY);
+    let lines = console_lines(&vm);
+    let (_, stderr) = vm.output_so_far();
+    let stderr = String::from_utf8_lossy(&stderr);
+    let banner = line_with(&lines, "Linux version");
+    let got_cmdline = line_with(&lines, "Command line:");
+    let e820: Vec<&String> = lines.iter().filter(|l| l.contains("BIOS-e820")).collect();
 
     assert!(banner.contains("Linux version 6."), "{banner}");
     let got = got_cmdline
@@ -188,20 +127,13 @@ fn linux_prints_banner_exact_cmdline_and_our_e820_map() {
         "[mem 0x000000000009fc00-0x00000000000fffff] reserved",
         "[mem 0x0000000000100000-0x000000000fffffff] usable",
     ];
+    assert_eq!(e820.len(), want.len(), "e820 lines: {e820:?}");
     for (line, want) in e820.iter().zip(want) {
         assert!(
             line.ends_with(want),
             "e820 line {line:?} should end with {want:?}"
         );
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn file_contains(path: &Path, needle: &str) -> bool {
@@ -212,7 +144,7 @@ fn file_contains(path: &Path, needle: &str) -> bool {
 fn gdb_stops_at_linux_entry_and_reads_kernel_memory() {
     let linux = linux_dir();
     let kernel = linux.join("vmlinuz");
-    let port = free_port().to_string();
+    let port = common::free_port().to_string();
     let tmp = std::env::temp_dir();
     let serial = tmp.join(format!("minivmm-linux-gdb-{}.serial", std::process::id()));
     let gdb_out = tmp.join(format!("minivmm-linux-gdb-{}.gdb", std::process::id()));
@@ -323,30 +255,31 @@ fn linux_boots_to_initramfs_marker_on_every_vcpu_and_reboots() {
     let initrd = initramfs(&linux);
     let kernel = linux.join("vmlinuz");
     let cmdline = "console=ttyS0 reboot=k cryptomgr.notests";
-    let mut vm = Vm::start(&[
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--initrd",
-        initrd.to_str().unwrap(),
-        "--cpus",
-        "2",
-        "--mem",
-        "512",
-        "--cmdline",
-        cmdline,
-    ]);
-    let marker = vm.wait_for("minivmm-init:", Duration::from_secs(900));
-    let status = vm.child.wait().ok().and_then(|s| s.code());
-    let (_, stderr) = vm.finish();
+    let mut vm = Vm::spawn(
+        [
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--cpus",
+            "2",
+            "--mem",
+            "512",
+            "--cmdline",
+            cmdline,
+        ],
+        &[("RUST_LOG", "minivmm=info")],
+    );
+    vm.wait_for_stdout("minivmm-init:", Duration::from_secs(900));
+    let out = vm.wait(Duration::from_secs(60));
     let _ = fs::remove_file(&initrd);
+    let stdout: Vec<String> = out.stdout_text().lines().map(str::to_owned).collect();
+    let marker = line_with(&stdout, "minivmm-init:");
     assert!(marker.contains("nproc=2"), "{marker}");
+    let stderr = out.stderr_text();
     assert!(
         marker.contains(&format!("cmdline={}", expected_cmdline(cmdline, &stderr))),
         "{marker}"
     );
-    assert_eq!(
-        status,
-        Some(0),
-        "the guest's reboot ends minivmm with 0\n{stderr}"
-    );
+    out.assert_code(0);
 }

@@ -146,8 +146,15 @@ pub fn inject_breakpoint(vcpu: &VcpuFd, fault: &Fault) -> Result<(), kvm_ioctls:
 /// A multi-line report of the vCPU's state, for the crash message.
 pub fn describe_state(vcpu: &VcpuFd, mem: &GuestMem) -> String {
     let mut out = String::new();
-    let (linear_rip, bytes) =
-        fetch_fault(vcpu, mem).map_or((0, Vec::new()), |f| (f.linear_rip, f.bytes));
+    let Some(Fault {
+        regs: r,
+        sregs: s,
+        linear_rip,
+        bytes,
+    }) = fetch_fault(vcpu, mem)
+    else {
+        return "  (the vCPU's registers cannot be read)".to_string();
+    };
     let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let _ = writeln!(
         out,
@@ -158,7 +165,7 @@ pub fn describe_state(vcpu: &VcpuFd, mem: &GuestMem) -> String {
             hex.join(" ")
         }
     );
-    if let Ok(r) = vcpu.get_regs() {
+    {
         let _ = writeln!(
             out,
             "  rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}\n  rsi {:#018x} rdi {:#018x} rbp {:#018x} rsp {:#018x}\n  r8  {:#018x} r9  {:#018x} r10 {:#018x} r11 {:#018x}\n  r12 {:#018x} r13 {:#018x} r14 {:#018x} r15 {:#018x}\n  rflags {:#010x}",
@@ -181,7 +188,7 @@ pub fn describe_state(vcpu: &VcpuFd, mem: &GuestMem) -> String {
             r.rflags
         );
     }
-    if let Ok(s) = vcpu.get_sregs() {
+    {
         let _ = write!(
             out,
             "  cs {:#06x} ss {:#06x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x}",
