@@ -102,7 +102,18 @@ fn linux_prints_banner_exact_cmdline_and_our_e820_map() {
         &[("RUST_LOG", "minivmm=info")],
     );
     // The last of the three e820 lines minivmm's map gives for 256 MiB.
-    vm.wait_for_stdout("BIOS-e820: [mem 0x0000000000100000", EARLY);
+    let last_e820 = "BIOS-e820: [mem 0x0000000000100000";
+    vm.wait_for_stdout(last_e820, EARLY);
+    // The needle can arrive before the rest of its line: wait for the newline too.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&vm.output_so_far().0)
+        .split(last_e820)
+        .nth(1)
+        .is_some_and(|rest| rest.contains('\n'))
+        && Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(50));
+    }
     let lines = console_lines(&vm);
     let (_, stderr) = vm.output_so_far();
     let stderr = String::from_utf8_lossy(&stderr);
