@@ -22,7 +22,7 @@ use crate::arch::debug::{
 };
 use crate::arch::debugreg::{HwBreakKind, HwSlot, NUM_SLOTS};
 use crate::arch::gdb::X86_64KvmRegs;
-use crate::arch::paging::{PagingContext, Translation};
+use crate::arch::paging::Translation;
 use crate::devices::PioBus;
 use crate::memory::GuestMem;
 use crate::vmm::VmEvent;
@@ -47,7 +47,6 @@ pub enum VcpuControl {
 pub enum VcpuDebug {
     ReadRegs,
     WriteRegs(Box<X86_64KvmRegs>),
-    ReadMem(u64, usize, AddressSpace),
     WriteMem(u64, Vec<u8>, AddressSpace),
     /// Step one instruction on the next resume (`true`) or run freely (`false`).
     EnableSinglestep(bool),
@@ -68,14 +67,17 @@ pub enum VcpuDebug {
 #[derive(Debug)]
 pub enum VcpuDebugStatus {
     RegValues(Box<X86_64KvmRegs>),
-    MemoryRegion(Vec<u8>),
     CommandComplete,
     Translation(Result<Translation, String>),
     Text(String),
     Error(String),
     /// The vCPU stopped on its own for the debugger (breakpoint, step, watchpoint) and has
-    /// paused itself.
-    Stopped(DebugStop),
+    /// paused itself. It sends its registers along (None if reading them failed): GDB wants
+    /// them, and the page-table registers in them, at every stop.
+    Stopped {
+        stop: DebugStop,
+        regs: Option<Box<X86_64KvmRegs>>,
+    },
     /// The VM ended while the debugger was attached: GDB gets a `W` (exit status) or an `X`
     /// (signal) reply.
     VmEnded(VmEnd),
@@ -113,7 +115,7 @@ impl DebugChannel {
         // GDB thread sleeps in poll(2), so only they cost an eventfd write.
         let notify = matches!(
             msg,
-            VcpuDebugStatus::Stopped(_) | VcpuDebugStatus::VmEnded(_)
+            VcpuDebugStatus::Stopped { .. } | VcpuDebugStatus::VmEnded(_)
         );
         if self.tx.send(VcpuDebugStatusMessage { cpu, msg }).is_ok() && notify {
             let _ = self.wake.write(1);
@@ -226,9 +228,6 @@ struct DebugState {
     /// Sorted linear addresses of planted software breakpoints.
     sw_breakpoints: Vec<u64>,
     soft_watches: Vec<SoftWatch>,
-    /// The register file as last read while paused: GDB asks again and again during a stop,
-    /// and reading it takes five ioctls. Dropped whenever the vCPU runs.
-    regs: Option<Box<X86_64KvmRegs>>,
     /// Stop notifications sent to the debugger, for `Resume`.
     stops_sent: u64,
 }
@@ -288,7 +287,6 @@ impl Vcpu {
                     }
                     VcpuControl::Resume(received) => {
                         if received.is_none_or(|n| n >= debug.stops_sent) {
-                            debug.regs = None;
                             paused.store(false, Ordering::SeqCst);
                         }
                     }
@@ -314,10 +312,8 @@ impl Vcpu {
                     // to step, so a run of `stepi`s programs KVM only once.
                     if let Some(ch) = &self.debug {
                         debug.stops_sent += 1;
-                        ch.send(self.index, VcpuDebugStatus::Stopped(stop));
-                        // GDB asks for the registers right after every stop: read them while
-                        // the stop reply travels.
-                        debug.regs = archdebug::read_registers(&self.fd).ok().map(Box::new);
+                        let regs = archdebug::read_registers(&self.fd).ok().map(Box::new);
+                        ch.send(self.index, VcpuDebugStatus::Stopped { stop, regs });
                     }
                 }
                 Next::Stop(fault) => {
@@ -354,41 +350,15 @@ impl Vcpu {
         Ok(VcpuDebugStatus::CommandComplete)
     }
 
-    /// The paging registers, from the kept register file when there is one.
-    fn paging_context(&self, debug: &DebugState) -> Result<PagingContext, String> {
-        match &debug.regs {
-            Some(r) => Ok(PagingContext {
-                cr0: r.cr0,
-                cr3: r.cr3,
-                cr4: r.cr4,
-                efer: r.efer,
-            }),
-            None => archdebug::paging_context(&self.fd),
-        }
-    }
-
     fn serve_debug(&mut self, req: VcpuDebug, debug: &mut DebugState) -> VcpuDebugStatus {
         let block_irq = self.block_irq_when_stepping;
         let result = match req {
-            VcpuDebug::ReadRegs => match &debug.regs {
-                Some(r) => Ok(VcpuDebugStatus::RegValues(r.clone())),
-                None => archdebug::read_registers(&self.fd).map(|r| {
-                    debug.regs = Some(Box::new(r.clone()));
-                    VcpuDebugStatus::RegValues(Box::new(r))
-                }),
-            },
-            VcpuDebug::WriteRegs(regs) => {
-                debug.regs = None;
-                archdebug::write_registers(&self.fd, &regs)
-                    .map(|_| VcpuDebugStatus::CommandComplete)
+            VcpuDebug::ReadRegs => {
+                archdebug::read_registers(&self.fd).map(|r| VcpuDebugStatus::RegValues(Box::new(r)))
             }
-            VcpuDebug::ReadMem(addr, len, space) => self.paging_context(debug).map(|ctx| {
-                VcpuDebugStatus::MemoryRegion(archdebug::read_memory(
-                    &self.mem, &ctx, space, addr, len,
-                ))
-            }),
-            VcpuDebug::WriteMem(addr, data, space) => self
-                .paging_context(debug)
+            VcpuDebug::WriteRegs(regs) => archdebug::write_registers(&self.fd, &regs)
+                .map(|_| VcpuDebugStatus::CommandComplete),
+            VcpuDebug::WriteMem(addr, data, space) => archdebug::paging_context(&self.fd)
                 .and_then(|ctx| archdebug::write_memory(&self.mem, &ctx, space, addr, &data))
                 .map(|_| VcpuDebugStatus::CommandComplete),
             VcpuDebug::EnableSinglestep(on) => self.apply_debug(debug, |c| {
@@ -412,7 +382,7 @@ impl Vcpu {
                     self.apply_debug(debug, |c| c.watch_stepping = any)
                 })
             }
-            VcpuDebug::Translate(vaddr) => self.paging_context(debug).map(|ctx| {
+            VcpuDebug::Translate(vaddr) => archdebug::paging_context(&self.fd).map(|ctx| {
                 VcpuDebugStatus::Translation(
                     archdebug::translate(&self.mem, &ctx, vaddr).map_err(|e| e.to_string()),
                 )
@@ -426,6 +396,9 @@ impl Vcpu {
 
     /// The first emulated watchpoint whose memory changed, as a stop.
     fn soft_watch_hit(&self, debug: &mut DebugState) -> Option<DebugStop> {
+        if debug.soft_watches.is_empty() {
+            return None;
+        }
         let ctx = archdebug::paging_context(&self.fd).ok()?;
         let mut hit = None;
         for w in debug.soft_watches.iter_mut() {

@@ -119,9 +119,9 @@ pub enum VmEvent {
 pub enum VmRequest {
     /// Pause every vCPU (all-stop). Debug requests queued after this are served paused.
     SuspendVcpus,
-    /// Let these vCPUs run again: (vCPU, how many of its stop notifications the debugger
-    /// has received, or None to resume whatever it sent; see `VcpuControl::Resume`).
-    ResumeVcpus(Vec<(usize, Option<u64>)>),
+    /// Let every vCPU run again (the debugger left). Between stops, the debugger resumes the
+    /// vCPUs it chose itself, straight through their `VcpuControl` channels.
+    ResumeVcpus,
 }
 
 #[derive(Debug)]
@@ -453,6 +453,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
                 from_vcpu: debug_rx,
                 wake,
                 vm: events_tx.clone(),
+                mem: mem.clone(),
                 watchpoints_work: quirks.data_watchpoints_fire,
                 vm_starts_paused: start_paused,
             },
@@ -508,16 +509,9 @@ fn control_loop(events: &Receiver<VmEvent>, vcpus: &[VcpuHandle]) -> Outcome {
                         vcpus.iter().for_each(|v| v.send(VcpuControl::Pause));
                         VmResponse::Ok
                     }
-                    VmRequest::ResumeVcpus(which) => {
-                        match which.iter().find(|&&(i, _)| i >= vcpus.len()) {
-                            Some((bad, _)) => VmResponse::Err(format!("no vCPU {bad}")),
-                            None => {
-                                for &(i, received) in &which {
-                                    vcpus[i].send(VcpuControl::Resume(received));
-                                }
-                                VmResponse::Ok
-                            }
-                        }
+                    VmRequest::ResumeVcpus => {
+                        vcpus.iter().for_each(|v| v.send(VcpuControl::Resume(None)));
+                        VmResponse::Ok
                     }
                 };
                 let _ = reply.send(answer);

@@ -8,13 +8,16 @@
 //! Tests marked `#[ignore = "..."]` check behaviour that is broken today; they
 //! are the reproducers for those bugs and should pass (and lose the `ignore`) once fixed.
 
+mod common;
 mod gdb_support;
+mod rsp_client;
 
 use std::io::Write;
 use std::thread;
 use std::time::Duration;
 
 use gdb_support::{GdbOutput, Vmm, gdb, gdb_spawn, parse_num};
+use rsp_client::{RAX, RIP, Rsp, spawn_with_gdb};
 
 /// What gdbtest.elf prints when its 5 loop iterations ran undisturbed.
 const GDBTEST_DONE: &str = "gdbtest: counter=5";
@@ -765,4 +768,44 @@ fn monitor_commands() {
     out.expect(EXITED);
     vmm.expect_exit(0);
     assert!(vmm.serial().contains(GDBTEST_DONE), "{}", vmm.describe());
+}
+
+/// The stub keeps each stopped vCPU's registers to answer GDB's many reads per stop; a
+/// register write must not leave a stale copy behind, for registers or for the page tables
+/// memory is read through. Raw packets, because GDB itself caches what it wrote.
+#[test]
+fn register_writes_are_seen_by_later_register_and_memory_reads() {
+    const CR3: usize = 29;
+    let le = |v: u64| {
+        v.to_le_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let (_vm, port) = spawn_with_gdb("gdbtest.elf");
+    let mut rsp = Rsp::connect(port);
+    rsp.handshake(true);
+    assert!(rsp.ask("?").starts_with('T'));
+    let rip = rsp.reg(1, RIP);
+    let code = rsp.ask(&format!("m{rip:x},4"));
+    assert_eq!(code.len(), 8, "reading the code at rip: {code:?}");
+
+    assert_eq!(
+        rsp.ask(&format!("P{RAX:x}={}", le(0x1122_3344_5566_7788))),
+        "OK"
+    );
+    assert_eq!(rsp.reg(1, RAX), 0x1122_3344_5566_7788);
+
+    // Page tables that map nothing (zeroed RAM): the same virtual read must now fail...
+    let cr3 = rsp.reg(1, CR3);
+    assert_eq!(rsp.ask(&format!("P{CR3:x}={}", le(0x80_0000))), "OK");
+    let unmapped = rsp.ask(&format!("m{rip:x},4"));
+    assert!(
+        unmapped.starts_with('E'),
+        "read through empty page tables gave {unmapped:?}"
+    );
+    // ...and work again once cr3 is back.
+    assert_eq!(rsp.ask(&format!("P{CR3:x}={}", le(cr3))), "OK");
+    assert_eq!(rsp.ask(&format!("m{rip:x},4")), code);
+    rsp.detach();
 }

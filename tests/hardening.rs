@@ -22,7 +22,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use gdb_support::{GDB_TIMEOUT, Vmm, gdb, guest, minivmm_bin, symbol_addr};
-use rsp_client::{RIP, Rsp, Stop, spawn_with_gdb};
+use rsp_client::{RBP, RIP, RSP, Rsp, Stop, spawn_with_gdb};
 
 // ---------------------------------------------------------------------------------------
 // 1. The guest dies while GDB is attached
@@ -195,6 +195,21 @@ fn smp_hbreak_every_stop_reported_once_gdb_4_cpus() {
 /// The same at the protocol level, doing what GDB does to get past a breakpoint at the
 /// stopped thread's pc (remove it, step that thread alone, insert it again); every stop
 /// reply names a thread whose rip is smp_work, and every vCPU's 3 stops arrive.
+/// GDB places a stop from the rbp, rsp and rip sent with it (it does not ask for the whole
+/// register file), so they must be the stopped thread's, not another vCPU's.
+fn expedited_registers_are_the_threads(rsp: &mut Rsp, stop: &Stop, tid: usize) {
+    for reg in [RBP, RSP, RIP] {
+        let sent = stop
+            .expedited(reg)
+            .unwrap_or_else(|| panic!("register {reg} not sent with {stop:?}"));
+        assert_eq!(
+            sent,
+            rsp.reg(tid, reg),
+            "register {reg} in {stop:?} is not thread {tid}'s"
+        );
+    }
+}
+
 fn smp_hbreak_raw(cpus: usize) {
     let mut vmm = Vmm::start("gdbtest-smp.elf", &["--cpus", &cpus.to_string()]);
     let smp_work = symbol_addr(&vmm.guest, "smp_work");
@@ -212,6 +227,7 @@ fn smp_hbreak_raw(cpus: usize) {
             assert_eq!(rsp.ask(&remove), "OK");
             let step = rsp.resume(&format!("vCont;s:p1.{tid:x}"));
             assert_eq!(step.trap_tid(), tid, "the step stopped another thread");
+            expedited_registers_are_the_threads(&mut rsp, &step, tid);
             assert_eq!(rsp.ask(&insert), "OK");
         }
         let stop = rsp.resume("vCont;c");
@@ -232,6 +248,7 @@ fn smp_hbreak_raw(cpus: usize) {
             smp_work,
             "stop {stops} reports thread {tid}, whose rip is not smp_work"
         );
+        expedited_registers_are_the_threads(&mut rsp, &stop, tid);
         *per_thread.entry(tid).or_default() += 1;
         stops += 1;
         assert!(

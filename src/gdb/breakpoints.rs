@@ -84,19 +84,19 @@ impl Breakpoints {
         let sw: Vec<u64> = target.breakpoints.sw.keys().copied().collect();
         if target.breakpoints.synced_sw.as_ref() != Some(&sw) {
             target.breakpoints.synced_sw = None;
-            target.all_vcpus(|| VcpuDebug::SetSwBreakPoints(sw.clone()))?;
+            target.post_to_all_vcpus(|| VcpuDebug::SetSwBreakPoints(sw.clone()))?;
             target.breakpoints.synced_sw = Some(sw);
         }
         let soft = target.breakpoints.soft_watches();
         if target.breakpoints.synced_soft.as_ref() != Some(&soft) {
             target.breakpoints.synced_soft = None;
-            target.all_vcpus(|| VcpuDebug::SetSoftWatchpoints(soft.clone()))?;
+            target.post_to_all_vcpus(|| VcpuDebug::SetSoftWatchpoints(soft.clone()))?;
             target.breakpoints.synced_soft = Some(soft);
         }
         let hw = *target.breakpoints.hw.slots();
         if target.breakpoints.synced_hw != Some(hw) {
             target.breakpoints.synced_hw = None;
-            target.all_vcpus(|| VcpuDebug::SetHwBreakPoint(hw))?;
+            target.post_to_all_vcpus(|| VcpuDebug::SetHwBreakPoint(hw))?;
             target.breakpoints.synced_hw = Some(hw);
         }
         Ok(())

@@ -24,6 +24,7 @@ use log::{info, warn};
 use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::memory::GuestMem;
 use crate::vcpu::{VcpuControl, VcpuDebugStatusMessage};
 use crate::vmm::VmEvent;
 
@@ -79,6 +80,8 @@ pub struct GdbSetup {
     pub from_vcpu: Receiver<VcpuDebugStatusMessage>,
     pub wake: Arc<EventFd>,
     pub vm: Sender<VmEvent>,
+    /// Guest RAM, which the GDB thread reads itself.
+    pub mem: GuestMem,
     /// Hardware data watchpoints fire on this host.
     pub watchpoints_work: bool,
     /// The VM starts paused, so this first session begins before the first instruction.
@@ -248,7 +251,11 @@ fn run_session<C: SessionConn>(
             GdbStubStateMachine::Running(mut gdb) => {
                 match target.wait_for_stop(gdb.borrow_conn())? {
                     Waited::Data(byte) => gdb.incoming_data(target, byte)?,
-                    Waited::Stopped(reason) => gdb.report_stop(target, reason)?,
+                    Waited::Stopped(reason) => {
+                        let regs = target.expedited_registers();
+                        let mut regs = regs.iter().map(|(id, v)| (*id, &v[..]));
+                        gdb.report_stop_with_regs(target, reason, &mut regs)?
+                    }
                 }
             }
         };
@@ -266,8 +273,19 @@ fn poll_two(conn: &BufferedConn, wake: &EventFd) -> io::Result<(bool, bool)> {
     if conn.has_buffered_input() {
         return Ok((true, false));
     }
-    let [data, woke] = poll_ready([conn.as_raw_fd(), wake.as_raw_fd()], -1)?;
-    Ok((data, woke))
+    let fds = [conn.as_raw_fd(), wake.as_raw_fd()];
+    // A step or a short run stops within microseconds: catch it without sleeping.
+    let ready = conn::spin_briefly(|| {
+        let [data, woke] = poll_ready(fds, 0)?;
+        Ok((data || woke).then_some((data, woke)))
+    })?;
+    match ready {
+        Some(r) => Ok(r),
+        None => {
+            let [data, woke] = poll_ready(fds, -1)?;
+            Ok((data, woke))
+        }
+    }
 }
 
 /// poll(2) for input on `fds` (`timeout_ms` as poll takes it; -1 waits forever): which are

@@ -26,8 +26,9 @@ use vmm_sys_util::eventfd::EventFd;
 use super::breakpoints::Breakpoints;
 use super::conn::SessionConn;
 use super::{GdbError, GdbSetup, Waited};
-use crate::arch::debug::{AddressSpace, DebugStop};
+use crate::arch::debug::{self as archdebug, AddressSpace, DebugStop};
 use crate::arch::gdb::{X86_64Kvm, X86_64KvmRegId, X86_64KvmRegs, read_reg, write_reg};
+use crate::memory::GuestMem;
 use crate::vcpu::{VcpuControl, VcpuDebug, VcpuDebugStatus, VcpuDebugStatusMessage, VmEnd};
 use crate::vmm::{VmEvent, VmRequest, VmResponse};
 
@@ -67,6 +68,13 @@ pub struct GdbTarget {
     pub(super) current_cpu: usize,
     /// `monitor phys on`: addresses are guest-physical.
     pub(super) address_space: AddressSpace,
+    /// Guest RAM: memory reads are served here, through the stopped vCPU's page tables,
+    /// without a round trip to its thread.
+    mem: GuestMem,
+    /// Each paused vCPU's registers, as it sent them with its stop or answered `ReadRegs`.
+    /// GDB reads registers and memory several times per stop; this answers all of them.
+    /// Dropped when the vCPU may run again or GDB writes its registers.
+    regs: Vec<Option<Box<X86_64KvmRegs>>>,
     pub(super) breakpoints: Breakpoints,
     pub(super) watchpoints_work: bool,
     vm_ended: bool,
@@ -92,6 +100,8 @@ impl GdbTarget {
             maybe_running: vec![!setup.vm_starts_paused; n],
             current_cpu: 0,
             address_space: AddressSpace::Virtual,
+            mem: setup.mem,
+            regs: vec![None; n],
             breakpoints: Breakpoints::default(),
             watchpoints_work: setup.watchpoints_work,
             vm_ended: false,
@@ -172,14 +182,19 @@ impl GdbTarget {
 
     /// Files what a vCPU sent that is not the answer being waited for: stop notifications are
     /// queued, acknowledgements of posted requests are counted off. Returns anything else.
-    fn absorb(&mut self, m: VcpuDebugStatusMessage) -> Option<VcpuDebugStatusMessage> {
-        match m.msg {
-            VcpuDebugStatus::Stopped(_) | VcpuDebugStatus::VmEnded(_) => {
-                if let (VcpuDebugStatus::Stopped(_), Some(n)) =
-                    (&m.msg, self.stops_received.get_mut(m.cpu))
-                {
+    fn absorb(&mut self, mut m: VcpuDebugStatusMessage) -> Option<VcpuDebugStatusMessage> {
+        match &mut m.msg {
+            VcpuDebugStatus::Stopped { regs, .. } => {
+                if let Some(n) = self.stops_received.get_mut(m.cpu) {
                     *n += 1;
                 }
+                if let Some(slot) = self.regs.get_mut(m.cpu) {
+                    *slot = regs.take();
+                }
+                self.pending.push_back(m);
+                None
+            }
+            VcpuDebugStatus::VmEnded(_) => {
                 self.pending.push_back(m);
                 None
             }
@@ -237,30 +252,53 @@ impl GdbTarget {
         }
     }
 
-    /// Sends the same request to every vCPU.
-    pub(super) fn all_vcpus(&mut self, req: impl Fn() -> VcpuDebug) -> TargetResult<(), Self> {
+    /// Posts the same request to every vCPU. Used for the breakpoint table just before a
+    /// resume, which the vCPUs then serve first; one that fails is logged when its answer
+    /// comes.
+    pub(super) fn post_to_all_vcpus(
+        &mut self,
+        req: impl Fn() -> VcpuDebug,
+    ) -> TargetResult<(), Self> {
         for cpu in 0..self.vcpus.len() {
-            self.vcpu_command(cpu, req())?;
+            self.vcpu_post(cpu, req()).map_err(TargetError::Fatal)?;
         }
         Ok(())
     }
 
-    /// Raw guest memory through `cpu`'s view (breakpoint bytes included).
+    /// `cpu`'s registers: those it stopped with, or asked for once per stop.
+    fn regs_of(&mut self, cpu: usize) -> TargetResult<&X86_64KvmRegs, Self> {
+        if self.regs.get(cpu).is_some_and(Option::is_none) {
+            match self.vcpu_request(cpu, VcpuDebug::ReadRegs) {
+                Ok(VcpuDebugStatus::RegValues(r)) => self.regs[cpu] = Some(r),
+                Ok(other) => {
+                    debug!("vCPU {cpu}: ReadRegs answered {other:?}");
+                    return Err(TargetError::NonFatal);
+                }
+                Err(e) => return Err(TargetError::Fatal(e)),
+            }
+        }
+        match self.regs.get(cpu) {
+            Some(Some(r)) => Ok(r),
+            _ => Err(TargetError::NonFatal),
+        }
+    }
+
+    /// Raw guest memory through `cpu`'s view (breakpoint bytes included). The vCPU is paused,
+    /// so its page tables are where its registers say.
     pub(super) fn read_raw(
         &mut self,
         cpu: usize,
         addr: u64,
         len: usize,
     ) -> TargetResult<Vec<u8>, Self> {
-        match self.vcpu_request(cpu, VcpuDebug::ReadMem(addr, len, self.address_space)) {
-            Ok(VcpuDebugStatus::MemoryRegion(bytes)) => Ok(bytes),
-            Ok(VcpuDebugStatus::Error(e)) => {
-                debug!("read at {addr:#x}: {e}");
-                Err(TargetError::NonFatal)
-            }
-            Ok(_) => Err(TargetError::NonFatal),
-            Err(e) => Err(TargetError::Fatal(e)),
-        }
+        let ctx = self.regs_of(cpu)?.paging_context();
+        Ok(archdebug::read_memory(
+            &self.mem,
+            &ctx,
+            self.address_space,
+            addr,
+            len,
+        ))
     }
 
     pub(super) fn write_raw(
@@ -298,8 +336,8 @@ impl GdbTarget {
         }
         self.pending.clear();
         // Awaited: when GDB's session is over, the VM is running again.
-        let all = (0..self.vcpus.len()).map(|c| (c, None)).collect();
-        self.vm_request(VmRequest::ResumeVcpus(all))?;
+        self.regs.fill(None);
+        self.vm_request(VmRequest::ResumeVcpus)?;
         self.maybe_running.fill(true);
         Ok(())
     }
@@ -309,22 +347,39 @@ impl GdbTarget {
         let _ = self.vm.send(VmEvent::DebuggerKill);
     }
 
-    /// Lets `cpus` run. Not awaited: the control loop only forwards `Resume` to each vCPU,
-    /// behind whatever was already queued for it.
+    /// Lets `cpus` run: `Resume` goes straight to each (paused, so not in KVM_RUN and needing
+    /// no kick), behind what was already posted to it. Each stop is a step or a `continue`
+    /// away from the next, so this saves a hop through the control loop on every one.
     fn resume_cpus(&mut self, cpus: Vec<usize>) -> Result<(), GdbError> {
-        let (tx, _) = channel();
-        // A vCPU whose stop is still on its way stays where it stopped (it is reported next).
-        let which = cpus
-            .iter()
-            .map(|&c| (c, Some(self.stops_received[c])))
-            .collect();
-        self.vm
-            .send(VmEvent::Request(VmRequest::ResumeVcpus(which), tx))
-            .map_err(|_| GdbError::VmGone)?;
         for cpu in cpus {
+            self.regs[cpu] = None;
+            // A vCPU whose stop is still on its way stays where it stopped (it is reported
+            // next): it knows from the count.
+            let tx = self.vcpus.get(cpu).ok_or(GdbError::VcpuGone(cpu))?;
+            tx.send(VcpuControl::Resume(Some(self.stops_received[cpu])))
+                .map_err(|_| GdbError::VcpuGone(cpu))?;
             self.maybe_running[cpu] = true;
         }
         Ok(())
+    }
+
+    /// The registers GDB needs to place a stop (frame pointer, stack pointer, pc), sent
+    /// with the stop reply as gdbserver does, so that GDB need not ask for the whole file.
+    pub fn expedited_registers(&self) -> Vec<(X86_64KvmRegId, [u8; 8])> {
+        let Some(Some(regs)) = self.regs.get(self.current_cpu) else {
+            return Vec::new();
+        };
+        [
+            X86_64KvmRegId::Gpr(6),
+            X86_64KvmRegId::Gpr(7),
+            X86_64KvmRegId::Rip,
+        ]
+        .into_iter()
+        .filter_map(|id| {
+            let mut value = [0u8; 8];
+            read_reg(regs, id, &mut value).map(|_| (id, value))
+        })
+        .collect()
     }
 
     /// Ctrl-C from GDB.
@@ -366,7 +421,7 @@ impl GdbTarget {
     fn reportable(&self, m: &VcpuDebugStatusMessage) -> bool {
         match m.msg {
             VcpuDebugStatus::VmEnded(_) => true,
-            VcpuDebugStatus::Stopped(_) => self.resumed.get(m.cpu).copied().unwrap_or(false),
+            VcpuDebugStatus::Stopped { .. } => self.resumed.get(m.cpu).copied().unwrap_or(false),
             _ => false,
         }
     }
@@ -382,7 +437,7 @@ impl GdbTarget {
                     VmEnd::Signalled(sig) => MultiThreadStopReason::Terminated(Signal(sig)),
                 });
             }
-            VcpuDebugStatus::Stopped(stop) => match stop {
+            VcpuDebugStatus::Stopped { stop, .. } => match stop {
                 DebugStop::Step => MultiThreadStopReason::SignalWithThread {
                     tid,
                     signal: Signal::SIGTRAP,
@@ -438,21 +493,14 @@ impl MultiThreadBase for GdbTarget {
     fn read_registers(&mut self, regs: &mut X86_64KvmRegs, tid: Tid) -> TargetResult<(), Self> {
         let cpu = self.cpu_of(tid)?;
         self.current_cpu = cpu;
-        match self.vcpu_request(cpu, VcpuDebug::ReadRegs) {
-            Ok(VcpuDebugStatus::RegValues(r)) => {
-                *regs = *r;
-                Ok(())
-            }
-            Ok(other) => {
-                debug!("vCPU {cpu}: ReadRegs answered {other:?}");
-                Err(TargetError::NonFatal)
-            }
-            Err(e) => Err(TargetError::Fatal(e)),
-        }
+        regs.clone_from(self.regs_of(cpu)?);
+        Ok(())
     }
 
     fn write_registers(&mut self, regs: &X86_64KvmRegs, tid: Tid) -> TargetResult<(), Self> {
         let cpu = self.cpu_of(tid)?;
+        // Read back next time: KVM may not take every value as written.
+        self.regs[cpu] = None;
         self.vcpu_command(cpu, VcpuDebug::WriteRegs(Box::new(regs.clone())))
     }
 

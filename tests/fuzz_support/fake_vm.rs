@@ -39,12 +39,7 @@ struct Cpu {
 
 impl Cpu {
     fn ctx(&self) -> PagingContext {
-        PagingContext {
-            cr0: self.regs.cr0,
-            cr3: self.regs.cr3,
-            cr4: self.regs.cr4,
-            efer: self.regs.efer,
-        }
+        self.regs.paging_context()
     }
 }
 
@@ -114,7 +109,7 @@ impl FakeVm {
             .collect();
         let n = cpus.len();
         let model = Arc::new(Mutex::new(Model {
-            mem,
+            mem: mem.clone(),
             cpus,
             rng,
             injected: 0,
@@ -153,6 +148,7 @@ impl FakeVm {
             from_vcpu: debug_rx,
             wake,
             vm: vm_tx,
+            mem,
             watchpoints_work,
             vm_starts_paused: starts_paused,
         });
@@ -228,11 +224,6 @@ fn serve(m: &mut Model, cpu: usize, req: VcpuDebug) -> VcpuDebugStatus {
             c.regs = *r;
             VcpuDebugStatus::CommandComplete
         }
-        VcpuDebug::ReadMem(addr, len, space) => {
-            let bytes = archdebug::read_memory(mem, &c.ctx(), space, addr, len);
-            assert!(bytes.len() <= len, "read_memory returned more than asked");
-            VcpuDebugStatus::MemoryRegion(bytes)
-        }
         VcpuDebug::WriteMem(addr, data, space) => {
             match archdebug::write_memory(mem, &c.ctx(), space, addr, &data) {
                 Ok(()) => VcpuDebugStatus::CommandComplete,
@@ -301,12 +292,9 @@ fn control(m: &mut Model, req: VmRequest, vcpus: &[Sender<VcpuControl>]) -> VmRe
             }
             VmResponse::Ok
         }
-        VmRequest::ResumeVcpus(which) => {
-            if let Some((bad, _)) = which.iter().find(|&&(i, _)| i >= m.cpus.len()) {
-                return VmResponse::Err(format!("no vCPU {bad}"));
-            }
-            for &(i, received) in &which {
-                let _ = vcpus[i].send(VcpuControl::Resume(received));
+        VmRequest::ResumeVcpus => {
+            for tx in vcpus {
+                let _ = tx.send(VcpuControl::Resume(None));
             }
             VmResponse::Ok
         }
@@ -371,6 +359,9 @@ fn run_cpu(m: &mut Model, i: usize, debug: &DebugChannel) {
     if let Some(stop) = stop {
         c.paused = true;
         c.stops_sent += 1;
-        debug.send(i, VcpuDebugStatus::Stopped(stop));
+        // As a real vCPU does, its registers travel with the stop (now and then they could
+        // not be read).
+        let regs = (!rng.chance(1, 20)).then(|| Box::new(c.regs.clone()));
+        debug.send(i, VcpuDebugStatus::Stopped { stop, regs });
     }
 }

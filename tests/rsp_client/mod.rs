@@ -125,12 +125,7 @@ impl Rsp {
     /// A register of thread `tid` (`Hg` then `p`), as the little-endian value.
     pub fn reg(&mut self, tid: usize, regno: usize) -> u64 {
         assert_eq!(self.ask(&format!("Hgp1.{tid:x}")), "OK");
-        let hex = self.ask(&format!("p{regno:x}"));
-        let bytes: Vec<u8> = (0..hex.len().min(16))
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap_or_else(|_| panic!("{hex}")))
-            .collect();
-        bytes.iter().rev().fold(0, |v, &b| (v << 8) | u64::from(b))
+        le_hex(&self.ask(&format!("p{regno:x}")))
     }
 
     /// `D`, then waits for the stub to close its end.
@@ -175,8 +170,20 @@ pub fn spawn_with_gdb(guest_name: &str) -> (Vm, u16) {
     panic!("could not start minivmm with a GDB stub");
 }
 
-/// Register number of rip in the stub's (QEMU's) x86-64 layout.
+/// Register numbers in the stub's (QEMU's) x86-64 layout.
+pub const RAX: usize = 0;
+pub const RBP: usize = 6;
+pub const RSP: usize = 7;
 pub const RIP: usize = 0x10;
+
+/// A register value as the protocol writes it (target byte order, hex), up to 8 bytes.
+fn le_hex(hex: &str) -> u64 {
+    let bytes: Vec<u8> = (0..hex.len().min(16))
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap_or_else(|_| panic!("{hex}")))
+        .collect();
+    bytes.iter().rev().fold(0, |v, &b| (v << 8) | u64::from(b))
+}
 
 /// Expands run-length encoding (`X*n`: n - 29 more copies of X).
 fn rle_decode(body: &[u8]) -> String {
@@ -198,11 +205,13 @@ fn rle_decode(body: &[u8]) -> String {
 /// A stop reply.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Stop {
-    /// `T`/`S`: signal, thread id (tid, not multiprocess-qualified), stop-reason keys seen.
+    /// `T`/`S`: signal, thread id (tid, not multiprocess-qualified), stop-reason keys seen,
+    /// and the registers sent along (number, little-endian value).
     Signal {
         signal: u8,
         tid: Option<usize>,
         reasons: Vec<String>,
+        regs: Vec<(usize, u64)>,
     },
     /// `W`: the inferior exited with this code.
     Exited(u8),
@@ -225,6 +234,7 @@ impl Stop {
         };
         let mut tid = None;
         let mut reasons = Vec::new();
+        let mut regs = Vec::new();
         for field in p[3..].split(';').filter(|f| !f.is_empty()) {
             let (key, val) = field.split_once(':').unwrap_or((field, ""));
             if key == "thread" {
@@ -232,12 +242,23 @@ impl Stop {
                 tid = usize::from_str_radix(t, 16).ok();
             } else if !key.chars().all(|c| c.is_ascii_hexdigit()) {
                 reasons.push(key.to_string());
+            } else if let Ok(n) = usize::from_str_radix(key, 16) {
+                regs.push((n, le_hex(val)));
             }
         }
         Stop::Signal {
             signal,
             tid,
             reasons,
+            regs,
+        }
+    }
+
+    /// A register the stop reply carried.
+    pub fn expedited(&self, regno: usize) -> Option<u64> {
+        match self {
+            Stop::Signal { regs, .. } => regs.iter().find(|r| r.0 == regno).map(|r| r.1),
+            _ => None,
         }
     }
 
@@ -264,15 +285,17 @@ fn stop_replies_parse() {
         Stop::Signal {
             signal: 5,
             tid: Some(3),
-            reasons: vec!["hwbreak".into()]
+            reasons: vec!["hwbreak".into()],
+            regs: vec![],
         }
     );
     assert_eq!(
-        Stop::parse("T0506:0000;thread:0a;"),
+        Stop::parse("T0506:3412;thread:0a;"),
         Stop::Signal {
             signal: 5,
             tid: Some(10),
-            reasons: vec![]
+            reasons: vec![],
+            regs: vec![(6, 0x1234)],
         }
     );
     assert_eq!(Stop::parse("E01"), Stop::Other("E01".into()));

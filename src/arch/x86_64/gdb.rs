@@ -30,6 +30,8 @@ use core::num::NonZeroUsize;
 use gdbstub::arch::{Arch, RegId, Registers};
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
 
+use super::paging::PagingContext;
+
 /// MSR holding the base that `swapgs` exchanges with GS.base.
 pub const MSR_KERNEL_GS_BASE: u32 = 0xC000_0102;
 
@@ -475,6 +477,17 @@ fn le_u128(b: &[u8; 16]) -> u128 {
 }
 
 impl X86_64KvmRegs {
+    /// The registers the page-table walker needs, so memory can be read through this
+    /// vCPU's view without asking it again.
+    pub fn paging_context(&self) -> PagingContext {
+        PagingContext {
+            cr0: self.cr0,
+            cr3: self.cr3,
+            cr4: self.cr4,
+            efer: self.efer,
+        }
+    }
+
     /// Build from KVM state. `kernel_gs_base` is MSR 0xC000_0102, which is not in
     /// `kvm_sregs`.
     ///
