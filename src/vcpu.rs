@@ -18,7 +18,7 @@ use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::arch::assist;
 use crate::arch::debug::{
-    self as archdebug, AddressSpace, DebugConfig, DebugExit, DebugStop, SoftWatch,
+    self as archdebug, AddressSpace, DebugConfig, DebugExit, DebugStop, SoftWatch, StopState,
 };
 use crate::arch::debugreg::{HwBreakKind, HwSlot, NUM_SLOTS};
 use crate::arch::gdb::X86_64KvmRegs;
@@ -46,6 +46,8 @@ pub enum VcpuControl {
 #[derive(Debug)]
 pub enum VcpuDebug {
     ReadRegs,
+    /// Just where the vCPU is and its paging registers (cheaper than `ReadRegs`).
+    ReadStopState,
     WriteRegs(Box<X86_64KvmRegs>),
     WriteMem(u64, Vec<u8>, AddressSpace),
     /// Step one instruction on the next resume (`true`) or run freely (`false`).
@@ -67,16 +69,17 @@ pub enum VcpuDebug {
 #[derive(Debug)]
 pub enum VcpuDebugStatus {
     RegValues(Box<X86_64KvmRegs>),
+    StopState(StopState),
     CommandComplete,
     Translation(Result<Translation, String>),
     Text(String),
     Error(String),
     /// The vCPU stopped on its own for the debugger (breakpoint, step, watchpoint) and has
-    /// paused itself. It sends its registers along (None if reading them failed): GDB wants
-    /// them, and the page-table registers in them, at every stop.
+    /// paused itself. What GDB needs at every stop comes along (None if it could not be
+    /// read), so that the debugger need not ask.
     Stopped {
         stop: DebugStop,
-        regs: Option<Box<X86_64KvmRegs>>,
+        state: Option<StopState>,
     },
     /// The VM ended while the debugger was attached: GDB gets a `W` (exit status) or an `X`
     /// (signal) reply.
@@ -312,8 +315,8 @@ impl Vcpu {
                     // to step, so a run of `stepi`s programs KVM only once.
                     if let Some(ch) = &self.debug {
                         debug.stops_sent += 1;
-                        let regs = archdebug::read_registers(&self.fd).ok().map(Box::new);
-                        ch.send(self.index, VcpuDebugStatus::Stopped { stop, regs });
+                        let state = archdebug::read_stop_state(&self.fd).ok();
+                        ch.send(self.index, VcpuDebugStatus::Stopped { stop, state });
                     }
                 }
                 Next::Stop(fault) => {
@@ -355,6 +358,9 @@ impl Vcpu {
         let result = match req {
             VcpuDebug::ReadRegs => {
                 archdebug::read_registers(&self.fd).map(|r| VcpuDebugStatus::RegValues(Box::new(r)))
+            }
+            VcpuDebug::ReadStopState => {
+                archdebug::read_stop_state(&self.fd).map(VcpuDebugStatus::StopState)
             }
             VcpuDebug::WriteRegs(regs) => archdebug::write_registers(&self.fd, &regs)
                 .map(|_| VcpuDebugStatus::CommandComplete),

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::thread::{self, JoinHandle};
 
-use gdbstub::stub::state_machine::GdbStubStateMachine;
+use gdbstub::stub::state_machine::{self, GdbStubStateMachine, GdbStubStateMachineInner};
 use gdbstub::stub::{DisconnectReason, GdbStubBuilder, MultiThreadStopReason};
 use log::{info, warn};
 use thiserror::Error;
@@ -245,21 +245,41 @@ fn run_session<C: SessionConn>(
             }
             GdbStubStateMachine::Disconnected(gdb) => return Ok(gdb.get_reason()),
             GdbStubStateMachine::CtrlCInterrupt(gdb) => {
-                let reason = target.interrupt();
-                gdb.interrupt_handled(target, reason)?
+                let was_running = !target.vm_paused_for_gdb();
+                match target.interrupt() {
+                    // Reported here rather than by gdbstub, to send the registers along.
+                    Some(reason) if was_running => {
+                        match gdb.interrupt_handled(target, None::<MultiThreadStopReason<u64>>)? {
+                            GdbStubStateMachine::Running(gdb) => report_stop(gdb, target, reason)?,
+                            // Not reached: gdbstub is idle only while the VM is stopped.
+                            other => {
+                                warn!("Ctrl-C stop not reported: gdbstub was idle");
+                                other
+                            }
+                        }
+                    }
+                    reason => gdb.interrupt_handled(target, reason)?,
+                }
             }
             GdbStubStateMachine::Running(mut gdb) => {
                 match target.wait_for_stop(gdb.borrow_conn())? {
                     Waited::Data(byte) => gdb.incoming_data(target, byte)?,
-                    Waited::Stopped(reason) => {
-                        let regs = target.expedited_registers();
-                        let mut regs = regs.iter().map(|(id, v)| (*id, &v[..]));
-                        gdb.report_stop_with_regs(target, reason, &mut regs)?
-                    }
+                    Waited::Stopped(reason) => report_stop(gdb, target, reason)?,
                 }
             }
         };
     }
+}
+
+/// Sends a stop reply with the registers GDB needs first, so it need not ask for them.
+fn report_stop<'a, C: SessionConn>(
+    gdb: GdbStubStateMachineInner<'a, state_machine::state::Running, GdbTarget, C>,
+    target: &mut GdbTarget,
+    reason: MultiThreadStopReason<u64>,
+) -> Result<GdbStubStateMachine<'a, GdbTarget, C>, SessionError> {
+    let regs = target.expedited_registers();
+    let mut regs = regs.iter().map(|(id, v)| (*id, &v[..]));
+    Ok(gdb.report_stop_with_regs(target, reason, &mut regs)?)
 }
 
 /// What woke the GDB thread while the VM ran.

@@ -26,7 +26,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::breakpoints::Breakpoints;
 use super::conn::SessionConn;
 use super::{GdbError, GdbSetup, Waited};
-use crate::arch::debug::{self as archdebug, AddressSpace, DebugStop};
+use crate::arch::debug::{self as archdebug, AddressSpace, DebugStop, StopState};
 use crate::arch::gdb::{X86_64Kvm, X86_64KvmRegId, X86_64KvmRegs, read_reg, write_reg};
 use crate::memory::GuestMem;
 use crate::vcpu::{VcpuControl, VcpuDebug, VcpuDebugStatus, VcpuDebugStatusMessage, VmEnd};
@@ -71,9 +71,11 @@ pub struct GdbTarget {
     /// Guest RAM: memory reads are served here, through the stopped vCPU's page tables,
     /// without a round trip to its thread.
     mem: GuestMem,
-    /// Each paused vCPU's registers, as it sent them with its stop or answered `ReadRegs`.
-    /// GDB reads registers and memory several times per stop; this answers all of them.
-    /// Dropped when the vCPU may run again or GDB writes its registers.
+    /// What each paused vCPU sent with its stop (or what its register file says): enough
+    /// for the stop reply and for reading memory through its page tables.
+    stop_state: Vec<Option<StopState>>,
+    /// Each paused vCPU's register file, once GDB asked for it.
+    /// Both are dropped when the vCPU may run again or GDB writes its registers.
     regs: Vec<Option<Box<X86_64KvmRegs>>>,
     pub(super) breakpoints: Breakpoints,
     pub(super) watchpoints_work: bool,
@@ -101,6 +103,7 @@ impl GdbTarget {
             current_cpu: 0,
             address_space: AddressSpace::Virtual,
             mem: setup.mem,
+            stop_state: vec![None; n],
             regs: vec![None; n],
             breakpoints: Breakpoints::default(),
             watchpoints_work: setup.watchpoints_work,
@@ -184,12 +187,13 @@ impl GdbTarget {
     /// queued, acknowledgements of posted requests are counted off. Returns anything else.
     fn absorb(&mut self, mut m: VcpuDebugStatusMessage) -> Option<VcpuDebugStatusMessage> {
         match &mut m.msg {
-            VcpuDebugStatus::Stopped { regs, .. } => {
+            VcpuDebugStatus::Stopped { state, .. } => {
                 if let Some(n) = self.stops_received.get_mut(m.cpu) {
                     *n += 1;
                 }
-                if let Some(slot) = self.regs.get_mut(m.cpu) {
-                    *slot = regs.take();
+                if m.cpu < self.vcpus.len() {
+                    self.forget(m.cpu);
+                    self.stop_state[m.cpu] = *state;
                 }
                 self.pending.push_back(m);
                 None
@@ -265,11 +269,38 @@ impl GdbTarget {
         Ok(())
     }
 
-    /// `cpu`'s registers: those it stopped with, or asked for once per stop.
+    /// Drops what is known of `cpu`'s registers: it may run, or GDB changed them.
+    fn forget(&mut self, cpu: usize) {
+        self.stop_state[cpu] = None;
+        self.regs[cpu] = None;
+    }
+
+    /// Where `cpu` stopped and how it maps memory: sent with its stop, or asked for.
+    fn stop_state_of(&mut self, cpu: usize) -> TargetResult<StopState, Self> {
+        if let Some(Some(s)) = self.stop_state.get(cpu) {
+            return Ok(*s);
+        }
+        match self.vcpu_request(cpu, VcpuDebug::ReadStopState) {
+            Ok(VcpuDebugStatus::StopState(s)) => {
+                self.stop_state[cpu] = Some(s);
+                Ok(s)
+            }
+            Ok(other) => {
+                debug!("vCPU {cpu}: ReadStopState answered {other:?}");
+                Err(TargetError::NonFatal)
+            }
+            Err(e) => Err(TargetError::Fatal(e)),
+        }
+    }
+
+    /// `cpu`'s register file, asked for once per stop.
     fn regs_of(&mut self, cpu: usize) -> TargetResult<&X86_64KvmRegs, Self> {
         if self.regs.get(cpu).is_some_and(Option::is_none) {
             match self.vcpu_request(cpu, VcpuDebug::ReadRegs) {
-                Ok(VcpuDebugStatus::RegValues(r)) => self.regs[cpu] = Some(r),
+                Ok(VcpuDebugStatus::RegValues(r)) => {
+                    self.stop_state[cpu] = Some(StopState::from(&*r));
+                    self.regs[cpu] = Some(r);
+                }
                 Ok(other) => {
                     debug!("vCPU {cpu}: ReadRegs answered {other:?}");
                     return Err(TargetError::NonFatal);
@@ -291,7 +322,7 @@ impl GdbTarget {
         addr: u64,
         len: usize,
     ) -> TargetResult<Vec<u8>, Self> {
-        let ctx = self.regs_of(cpu)?.paging_context();
+        let ctx = self.stop_state_of(cpu)?.paging;
         Ok(archdebug::read_memory(
             &self.mem,
             &ctx,
@@ -336,7 +367,7 @@ impl GdbTarget {
         }
         self.pending.clear();
         // Awaited: when GDB's session is over, the VM is running again.
-        self.regs.fill(None);
+        (0..self.vcpus.len()).for_each(|cpu| self.forget(cpu));
         self.vm_request(VmRequest::ResumeVcpus)?;
         self.maybe_running.fill(true);
         Ok(())
@@ -352,7 +383,7 @@ impl GdbTarget {
     /// away from the next, so this saves a hop through the control loop on every one.
     fn resume_cpus(&mut self, cpus: Vec<usize>) -> Result<(), GdbError> {
         for cpu in cpus {
-            self.regs[cpu] = None;
+            self.forget(cpu);
             // A vCPU whose stop is still on its way stays where it stopped (it is reported
             // next): it knows from the count.
             let tx = self.vcpus.get(cpu).ok_or(GdbError::VcpuGone(cpu))?;
@@ -366,20 +397,14 @@ impl GdbTarget {
     /// The registers GDB needs to place a stop (frame pointer, stack pointer, pc), sent
     /// with the stop reply as gdbserver does, so that GDB need not ask for the whole file.
     pub fn expedited_registers(&self) -> Vec<(X86_64KvmRegId, [u8; 8])> {
-        let Some(Some(regs)) = self.regs.get(self.current_cpu) else {
+        let Some(Some(s)) = self.stop_state.get(self.current_cpu) else {
             return Vec::new();
         };
-        [
-            X86_64KvmRegId::Gpr(6),
-            X86_64KvmRegId::Gpr(7),
-            X86_64KvmRegId::Rip,
+        vec![
+            (X86_64KvmRegId::Gpr(6), s.rbp.to_le_bytes()),
+            (X86_64KvmRegId::Gpr(7), s.rsp.to_le_bytes()),
+            (X86_64KvmRegId::Rip, s.rip.to_le_bytes()),
         ]
-        .into_iter()
-        .filter_map(|id| {
-            let mut value = [0u8; 8];
-            read_reg(regs, id, &mut value).map(|_| (id, value))
-        })
-        .collect()
     }
 
     /// Ctrl-C from GDB.
@@ -387,6 +412,8 @@ impl GdbTarget {
         if let Err(e) = self.suspend() {
             warn!("could not stop the VM: {e}");
         }
+        // For the stop reply: GDB then need not ask where the vCPU is.
+        let _ = self.stop_state_of(self.current_cpu);
         Some(MultiThreadStopReason::SignalWithThread {
             tid: tid_of(self.current_cpu),
             signal: Signal::SIGINT,
@@ -500,7 +527,7 @@ impl MultiThreadBase for GdbTarget {
     fn write_registers(&mut self, regs: &X86_64KvmRegs, tid: Tid) -> TargetResult<(), Self> {
         let cpu = self.cpu_of(tid)?;
         // Read back next time: KVM may not take every value as written.
-        self.regs[cpu] = None;
+        self.forget(cpu);
         self.vcpu_command(cpu, VcpuDebug::WriteRegs(Box::new(regs.clone())))
     }
 

@@ -8,7 +8,7 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use minivmm::arch::debug::{self as archdebug, DebugStop, SoftWatch};
+use minivmm::arch::debug::{self as archdebug, DebugStop, SoftWatch, StopState};
 use minivmm::arch::debugreg::{HwBreakKind, HwSlot, NUM_SLOTS, debugreg_array};
 use minivmm::arch::gdb::X86_64KvmRegs;
 use minivmm::arch::paging::PagingContext;
@@ -220,6 +220,7 @@ fn serve(m: &mut Model, cpu: usize, req: VcpuDebug) -> VcpuDebugStatus {
     let c = &mut cpus[cpu];
     match req {
         VcpuDebug::ReadRegs => VcpuDebugStatus::RegValues(Box::new(c.regs.clone())),
+        VcpuDebug::ReadStopState => VcpuDebugStatus::StopState(StopState::from(&c.regs)),
         VcpuDebug::WriteRegs(r) => {
             c.regs = *r;
             VcpuDebugStatus::CommandComplete
@@ -359,9 +360,9 @@ fn run_cpu(m: &mut Model, i: usize, debug: &DebugChannel) {
     if let Some(stop) = stop {
         c.paused = true;
         c.stops_sent += 1;
-        // As a real vCPU does, its registers travel with the stop (now and then they could
+        // As a real vCPU does, where it stopped travels with the stop (now and then they could
         // not be read).
-        let regs = (!rng.chance(1, 20)).then(|| Box::new(c.regs.clone()));
-        debug.send(i, VcpuDebugStatus::Stopped { stop, regs });
+        let state = (!rng.chance(1, 20)).then(|| StopState::from(&c.regs));
+        debug.send(i, VcpuDebugStatus::Stopped { stop, state });
     }
 }

@@ -243,6 +243,38 @@ pub fn write_registers(vcpu: &VcpuFd, new: &X86_64KvmRegs) -> Result<(), String>
     Ok(())
 }
 
+/// What a debugger needs at every stop: where the vCPU is (GDB places the stop from pc, sp
+/// and frame pointer) and how it maps memory. Two ioctls; the rest of the register file
+/// (FPU, SSE, MSRs) costs three more and is read only when asked for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StopState {
+    pub rip: u64,
+    pub rsp: u64,
+    pub rbp: u64,
+    pub paging: PagingContext,
+}
+
+impl From<&X86_64KvmRegs> for StopState {
+    fn from(r: &X86_64KvmRegs) -> Self {
+        StopState {
+            rip: r.rip,
+            rsp: r.regs[7],
+            rbp: r.regs[6],
+            paging: r.paging_context(),
+        }
+    }
+}
+
+pub fn read_stop_state(vcpu: &VcpuFd) -> Result<StopState, String> {
+    let regs = vcpu.get_regs().map_err(|e| format!("KVM_GET_REGS: {e}"))?;
+    Ok(StopState {
+        rip: regs.rip,
+        rsp: regs.rsp,
+        rbp: regs.rbp,
+        paging: paging_context(vcpu)?,
+    })
+}
+
 /// The vCPU's paging state, for the page-table walker.
 pub fn paging_context(vcpu: &VcpuFd) -> Result<PagingContext, String> {
     let s = vcpu
