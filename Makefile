@@ -40,7 +40,7 @@ lint:
 	$(CARGO) clippy --release --all-targets -- -D warnings
 
 bench: build
-	python3 scripts/bench.py --minivmm $(BIN) --guests $(GUESTS)
+	python3 scripts/bench.py --minivmm $(BIN) --guests $(GUESTS) $(BENCH_ARGS)
 
 ## A stock Debian kernel with minivmm's tiny initramfs (downloads it once into ~/.cache/minivmm).
 linux: build

@@ -12,6 +12,6 @@ linux=$(scripts/fetch-linux.sh)
 initrd="$linux/initramfs.cpio.gz"
 python3 scripts/mkinitramfs.py --init "$guests/linux-init" --busybox "$linux/busybox" -o "$initrd"
 
-echo "booting $(cat "$linux/package") with 2 vCPUs (about 4 minutes on an emulating nested-KVM host)" >&2
+echo "booting $(cat "$linux/package") with 2 vCPUs (about 15 minutes to /init on an emulating nested-KVM host)" >&2
 exec "$minivmm" --kernel "$linux/vmlinuz" --initrd "$initrd" --cpus 2 --mem 512 \
     --cmdline "${LINUX_CMDLINE:-console=ttyS0 reboot=k cryptomgr.notests}" "$@"
