@@ -42,7 +42,9 @@ pub enum VcpuControl {
     Debug(VcpuDebug),
 }
 
-/// Debugger requests to one vCPU.
+/// Debugger requests to one vCPU. Memory reads, GDB's most frequent request, need none: the
+/// GDB thread reads guest RAM itself through the paging registers the vCPU reported with its
+/// stop (`StopState`). Writes come here, so they follow the requests posted before them.
 #[derive(Debug)]
 pub enum VcpuDebug {
     ReadRegs,
