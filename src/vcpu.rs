@@ -30,12 +30,10 @@ use crate::vmm::VmEvent;
 /// Requests a vCPU thread serves between runs.
 #[derive(Debug)]
 pub enum VcpuControl {
-    /// Stop running the guest until `Resume`.
+    /// Stop running the guest until `Resume` (or the debugger's `VcpuDebug::Resume`).
     Pause,
-    /// Run again, unless this vCPU sent debug stops the debugger has not received yet
-    /// (`Some(received)` counts those it has): that stop is on its way and will be reported,
-    /// so the vCPU must still be standing on it. `None` resumes in any case.
-    Resume(Option<u64>),
+    /// Run again.
+    Resume,
     /// Leave the thread.
     Exit,
     /// A debugger request, served only while paused; answered on the debug channel.
@@ -47,6 +45,12 @@ pub enum VcpuControl {
 /// stop (`StopState`). Writes come here, so they follow the requests posted before them.
 #[derive(Debug)]
 pub enum VcpuDebug {
+    /// Run again (GDB's `continue` or `step` for this vCPU), unless this vCPU sent stops the
+    /// debugger has not received yet (it has `stops_received` of them): such a stop is on its
+    /// way and will be reported, so the vCPU must still be standing on it.
+    Resume {
+        stops_received: u64,
+    },
     ReadRegs,
     /// Just where the vCPU is and its paging registers (cheaper than `ReadRegs`).
     ReadStopState,
@@ -290,15 +294,11 @@ impl Vcpu {
                             paused.store(true, Ordering::SeqCst);
                         }
                     }
-                    VcpuControl::Resume(received) => {
-                        if received.is_none_or(|n| n >= debug.stops_sent) {
-                            paused.store(false, Ordering::SeqCst);
-                        }
-                    }
+                    VcpuControl::Resume => paused.store(false, Ordering::SeqCst),
                     VcpuControl::Exit => return,
                     VcpuControl::Debug(req) => {
                         let answer = if paused.load(Ordering::SeqCst) {
-                            self.serve_debug(req, debug)
+                            self.vcpu_control_debug(req, debug, paused)
                         } else {
                             VcpuDebugStatus::Error("vCPU is running".into())
                         };
@@ -313,13 +313,7 @@ impl Vcpu {
                 Next::Continue => {}
                 Next::DebugStop(stop) => {
                     paused.store(true, Ordering::SeqCst);
-                    // Stepping stays as it is: the debugger says, before every resume, whether
-                    // to step, so a run of `stepi`s programs KVM only once.
-                    if let Some(ch) = &self.debug {
-                        debug.stops_sent += 1;
-                        let state = archdebug::read_stop_state(&self.fd).ok();
-                        ch.send(self.index, VcpuDebugStatus::Stopped { stop, state });
-                    }
+                    self.vcpu_exit_debug(stop, debug);
                 }
                 Next::Stop(fault) => {
                     let _ = self.events.send(VmEvent::VcpuStopped {
@@ -330,6 +324,17 @@ impl Vcpu {
                     paused.store(true, Ordering::SeqCst);
                 }
             }
+        }
+    }
+
+    /// Tells the debugger this vCPU stopped (it is paused now), with where it is. Stepping
+    /// stays as it is: the debugger says, before every resume, whether to step, so a run of
+    /// `stepi`s programs KVM only once.
+    fn vcpu_exit_debug(&self, stop: DebugStop, debug: &mut DebugState) {
+        if let Some(ch) = &self.debug {
+            debug.stops_sent += 1;
+            let state = archdebug::read_stop_state(&self.fd).ok();
+            ch.send(self.index, VcpuDebugStatus::Stopped { stop, state });
         }
     }
 
@@ -355,9 +360,21 @@ impl Vcpu {
         Ok(VcpuDebugStatus::CommandComplete)
     }
 
-    fn serve_debug(&mut self, req: VcpuDebug, debug: &mut DebugState) -> VcpuDebugStatus {
+    /// Serves a debugger request (the vCPU is paused).
+    fn vcpu_control_debug(
+        &mut self,
+        req: VcpuDebug,
+        debug: &mut DebugState,
+        paused: &AtomicBool,
+    ) -> VcpuDebugStatus {
         let block_irq = self.block_irq_when_stepping;
         let result = match req {
+            VcpuDebug::Resume { stops_received } => {
+                if stops_received >= debug.stops_sent {
+                    paused.store(false, Ordering::SeqCst);
+                }
+                Ok(VcpuDebugStatus::CommandComplete)
+            }
             VcpuDebug::ReadRegs => {
                 archdebug::read_registers(&self.fd).map(|r| VcpuDebugStatus::RegValues(Box::new(r)))
             }

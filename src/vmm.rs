@@ -120,7 +120,7 @@ pub enum VmRequest {
     /// Pause every vCPU (all-stop). Debug requests queued after this are served paused.
     SuspendVcpus,
     /// Let every vCPU run again (the debugger left). Between stops, the debugger resumes the
-    /// vCPUs it chose itself, straight through their `VcpuControl` channels.
+    /// vCPUs it chose itself, with `VcpuDebug::Resume`.
     ResumeVcpus,
 }
 
@@ -253,16 +253,23 @@ fn open_kvm(config: &VmConfig) -> Result<Kvm, VmError> {
 /// Blocks SIGINT/SIGTERM in this thread (and so in every thread it starts) and turns them
 /// into control-loop events on a thread of their own, so no signal handler needs to be
 /// async-signal-safe beyond the vCPU kick.
-fn forward_signals(events: Sender<VmEvent>) -> Result<(), VmError> {
+/// Blocks SIGINT and SIGTERM in this thread and so in every thread started after it: they
+/// must wait for `forward_signals`, not kill minivmm by their default action in some helper
+/// thread (the host probe's, say) before the VM is set up.
+fn block_forwarded_signals() -> libc::sigset_t {
     // SAFETY: plain sigset manipulation on a local, then a mask change for this thread.
-    let set = unsafe {
+    unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
-    };
+    }
+}
+
+/// Turns the signals `block_forwarded_signals` held back (and any later ones) into events.
+fn forward_signals(set: libc::sigset_t, events: Sender<VmEvent>) -> Result<(), VmError> {
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -348,6 +355,7 @@ fn tell_debugger_vm_ended(gdb: &GdbServer, channel: &DebugChannel, outcome: &Out
 
 /// Builds the VM and runs it until it ends.
 pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
+    let signals = block_forwarded_signals();
     let kvm = open_kvm(config)?;
     let gdb_listener = config.gdb.map(GdbListener::bind).transpose()?;
     let ranges = memory::ram_ranges(config.mem_mib)?;
@@ -397,7 +405,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
     let vcpu_fds = setup_vcpus(&kvm, &vm, config, &quirks, &kernel.entry)?;
 
     let (events_tx, events_rx) = channel();
-    forward_signals(events_tx.clone())?;
+    forward_signals(signals, events_tx.clone())?;
 
     let Devices {
         pio,
@@ -510,7 +518,7 @@ fn control_loop(events: &Receiver<VmEvent>, vcpus: &[VcpuHandle]) -> Outcome {
                         VmResponse::Ok
                     }
                     VmRequest::ResumeVcpus => {
-                        vcpus.iter().for_each(|v| v.send(VcpuControl::Resume(None)));
+                        vcpus.iter().for_each(|v| v.send(VcpuControl::Resume));
                         VmResponse::Ok
                     }
                 };

@@ -56,7 +56,7 @@ pub struct GdbTarget {
     actions: Vec<Action>,
     /// Posted requests per vCPU whose acknowledgement has not arrived yet.
     unacked: Vec<usize>,
-    /// Stop notifications received from each vCPU (see `VcpuControl::Resume`).
+    /// Stop notifications received from each vCPU (see `VcpuDebug::Resume`).
     stops_received: Vec<u64>,
     /// The vCPUs the last resume let run: only their stops may be reported now; other
     /// vCPUs' stops stay queued until GDB resumes them (scheduler locking).
@@ -378,17 +378,16 @@ impl GdbTarget {
         let _ = self.vm.send(VmEvent::DebuggerKill);
     }
 
-    /// Lets `cpus` run: `Resume` goes straight to each (paused, so not in KVM_RUN and needing
-    /// no kick), behind what was already posted to it. Each stop is a step or a `continue`
-    /// away from the next, so this saves a hop through the control loop on every one.
+    /// Lets `cpus` run: a posted `Resume` to each (paused, so not in KVM_RUN and needing no
+    /// kick), behind what was already posted to it. Each stop is a step or a `continue` away
+    /// from the next, so not going through the control loop saves a hop on every one.
     fn resume_cpus(&mut self, cpus: Vec<usize>) -> Result<(), GdbError> {
         for cpu in cpus {
             self.forget(cpu);
             // A vCPU whose stop is still on its way stays where it stopped (it is reported
             // next): it knows from the count.
-            let tx = self.vcpus.get(cpu).ok_or(GdbError::VcpuGone(cpu))?;
-            tx.send(VcpuControl::Resume(Some(self.stops_received[cpu])))
-                .map_err(|_| GdbError::VcpuGone(cpu))?;
+            let stops_received = self.stops_received[cpu];
+            self.vcpu_post(cpu, VcpuDebug::Resume { stops_received })?;
             self.maybe_running[cpu] = true;
         }
         Ok(())
@@ -622,7 +621,7 @@ impl MultiThreadResume for GdbTarget {
             .map_err(|_| GdbError::VmRefused("breakpoint setup failed".into()))?;
         // A stop that arrived while GDB was busy, from a vCPU GDB now resumes, is reported
         // before anything runs again. One still on its way is caught by the vCPU itself: the
-        // resume tells it how many of its stops arrived (see `VcpuControl::Resume`).
+        // resume tells it how many of its stops arrived (see `VcpuDebug::Resume`).
         self.drain_notifications()?;
         self.resumed = self.actions.iter().map(|a| *a != Action::Stay).collect();
         if self.pending.iter().any(|m| self.reportable(m)) {

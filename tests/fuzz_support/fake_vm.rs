@@ -188,18 +188,31 @@ impl FakeVm {
 fn vcpu_thread(cpu: usize, rx: Receiver<VcpuControl>, model: &Mutex<Model>, debug: &DebugChannel) {
     while let Ok(msg) = rx.recv() {
         match msg {
+            // Like the real vCPU thread: a resume is served in order with the debug
+            // requests queued before it (the stub posts those without waiting), answered,
+            // and then the vCPU runs.
+            VcpuControl::Debug(VcpuDebug::Resume { stops_received }) => {
+                let m = &mut lock(model);
+                let c = &mut m.cpus[cpu];
+                if !c.paused {
+                    debug.send(cpu, VcpuDebugStatus::Error("vCPU is running".into()));
+                    continue;
+                }
+                let run = stops_received >= c.stops_sent;
+                c.paused = !run;
+                debug.send(cpu, VcpuDebugStatus::CommandComplete);
+                if run {
+                    run_cpu(m, cpu, debug);
+                }
+            }
             VcpuControl::Debug(req) => {
                 let answer = serve(&mut lock(model), cpu, req);
                 debug.send(cpu, answer);
             }
-            // Like the real vCPU thread: a resume is served in order with the debug
-            // requests queued before it (the stub posts those without waiting).
-            VcpuControl::Resume(received) => {
+            VcpuControl::Resume => {
                 let m = &mut lock(model);
-                if received.is_none_or(|n| n >= m.cpus[cpu].stops_sent) {
-                    m.cpus[cpu].paused = false;
-                    run_cpu(m, cpu, debug);
-                }
+                m.cpus[cpu].paused = false;
+                run_cpu(m, cpu, debug);
             }
             VcpuControl::Pause => lock(model).cpus[cpu].paused = true,
             _ => {}
@@ -207,7 +220,7 @@ fn vcpu_thread(cpu: usize, rx: Receiver<VcpuControl>, model: &Mutex<Model>, debu
     }
 }
 
-/// What `Vcpu::serve_debug` does, on the model.
+/// What `Vcpu::vcpu_control_debug` does, on the model (resumes are `vcpu_thread`'s).
 fn serve(m: &mut Model, cpu: usize, req: VcpuDebug) -> VcpuDebugStatus {
     if !m.cpus[cpu].paused {
         return VcpuDebugStatus::Error("vCPU is running".into());
@@ -219,6 +232,7 @@ fn serve(m: &mut Model, cpu: usize, req: VcpuDebug) -> VcpuDebugStatus {
     let Model { mem, cpus, .. } = m;
     let c = &mut cpus[cpu];
     match req {
+        VcpuDebug::Resume { .. } => unreachable!("resumes are served by vcpu_thread"),
         VcpuDebug::ReadRegs => VcpuDebugStatus::RegValues(Box::new(c.regs.clone())),
         VcpuDebug::ReadStopState => VcpuDebugStatus::StopState(StopState::from(&c.regs)),
         VcpuDebug::WriteRegs(r) => {
@@ -295,7 +309,7 @@ fn control(m: &mut Model, req: VmRequest, vcpus: &[Sender<VcpuControl>]) -> VmRe
         }
         VmRequest::ResumeVcpus => {
             for tx in vcpus {
-                let _ = tx.send(VcpuControl::Resume(None));
+                let _ = tx.send(VcpuControl::Resume);
             }
             VmResponse::Ok
         }
