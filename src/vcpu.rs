@@ -220,6 +220,8 @@ pub struct Vcpu {
     pub debug: Option<DebugChannel>,
     /// The host supports KVM_GUESTDBG_BLOCKIRQ.
     pub block_irq_when_stepping: bool,
+    /// The host can copy registers into kvm_run at exits (KVM_CAP_SYNC_REGS).
+    pub host_syncs_regs: bool,
 }
 
 /// What the loop does after an exit.
@@ -237,6 +239,8 @@ struct DebugState {
     /// Sorted linear addresses of planted software breakpoints.
     sw_breakpoints: Vec<u64>,
     soft_watches: Vec<SoftWatch>,
+    /// KVM copies the registers into kvm_run at every exit (see `set_guest_debug`).
+    synced_regs: bool,
     /// Stop notifications sent to the debugger, for `Resume`.
     stops_sent: u64,
 }
@@ -333,7 +337,7 @@ impl Vcpu {
     fn vcpu_exit_debug(&self, stop: DebugStop, debug: &mut DebugState) {
         if let Some(ch) = &self.debug {
             debug.stops_sent += 1;
-            let state = archdebug::read_stop_state(&self.fd).ok();
+            let state = archdebug::read_stop_state(&self.fd, debug.synced_regs).ok();
             ch.send(self.index, VcpuDebugStatus::Stopped { stop, state });
         }
     }
@@ -348,14 +352,16 @@ impl Vcpu {
 
     /// Programs KVM only when the debug configuration actually changed.
     fn apply_debug(
-        &self,
+        &mut self,
         debug: &mut DebugState,
         change: impl FnOnce(&mut DebugConfig),
     ) -> Result<VcpuDebugStatus, String> {
         let before = debug.config.clone();
         change(&mut debug.config);
         if debug.config != before {
-            archdebug::set_guest_debug(&self.fd, &debug.config)?;
+            debug.synced_regs = false;
+            debug.synced_regs =
+                archdebug::set_guest_debug(&mut self.fd, &debug.config, self.host_syncs_regs)?;
         }
         Ok(VcpuDebugStatus::CommandComplete)
     }
@@ -379,7 +385,8 @@ impl Vcpu {
                 archdebug::read_registers(&self.fd).map(|r| VcpuDebugStatus::RegValues(Box::new(r)))
             }
             VcpuDebug::ReadStopState => {
-                archdebug::read_stop_state(&self.fd).map(VcpuDebugStatus::StopState)
+                // Not from kvm_run: GDB may have written registers since the exit.
+                archdebug::read_stop_state(&self.fd, false).map(VcpuDebugStatus::StopState)
             }
             VcpuDebug::WriteRegs(regs) => archdebug::write_registers(&self.fd, &regs)
                 .map(|_| VcpuDebugStatus::CommandComplete),

@@ -428,6 +428,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
     .map_err(VmError::Thread)?;
 
     let block_irq_when_stepping = crate::arch::debug::host_blocks_irq_when_stepping(&kvm);
+    let host_syncs_regs = crate::arch::debug::host_syncs_regs(&kvm);
     let (debug_tx, debug_rx) = channel();
     let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?);
     let debug_channel = config
@@ -449,6 +450,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
             events: events_tx.clone(),
             debug: debug_channel.clone(),
             block_irq_when_stepping,
+            host_syncs_regs,
         };
         handles.push(vcpu.spawn(start_paused).map_err(VmError::Thread)?);
     }

@@ -4,9 +4,10 @@
 
 use kvm_bindings::{
     KVM_GUESTDBG_BLOCKIRQ, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
-    KVM_GUESTDBG_USE_SW_BP, Msrs, kvm_debug_exit_arch, kvm_guest_debug, kvm_msr_entry,
+    KVM_GUESTDBG_USE_SW_BP, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, Msrs, kvm_debug_exit_arch,
+    kvm_guest_debug, kvm_msr_entry,
 };
-use kvm_ioctls::{Kvm, VcpuFd};
+use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::debugreg::{self, DR6_BS, HwBreakKind, HwSlot, NUM_SLOTS};
@@ -39,13 +40,29 @@ pub struct DebugConfig {
     pub watch_stepping: bool,
 }
 
+impl DebugConfig {
+    /// Whether the vCPU can stop for the debugger on its own (KVM_GUESTDBG_ENABLE).
+    pub fn enabled(&self) -> bool {
+        self.single_step
+            || self.watch_stepping
+            || self.sw_breakpoints
+            || self.hw_slots.iter().any(Option::is_some)
+    }
+}
+
 /// Programs KVM_SET_GUEST_DEBUG from `config`; an empty config turns debugging off, so an
-/// undebugged guest runs exactly as without a debugger.
-pub fn set_guest_debug(vcpu: &VcpuFd, config: &DebugConfig) -> Result<(), String> {
+/// undebugged guest runs exactly as without a debugger. While it is on, KVM also copies the
+/// registers into kvm_run at every exit (KVM_CAP_SYNC_REGS, where the host has it), so that
+/// a stop's `StopState` costs no ioctl; returns whether it does.
+pub fn set_guest_debug(
+    vcpu: &mut VcpuFd,
+    config: &DebugConfig,
+    host_syncs_regs: bool,
+) -> Result<bool, String> {
     let mut dbg = kvm_guest_debug::default();
     let hw_used = config.hw_slots.iter().any(Option::is_some);
     let stepping = config.single_step || config.watch_stepping;
-    if stepping || config.sw_breakpoints || hw_used {
+    if config.enabled() {
         dbg.control = KVM_GUESTDBG_ENABLE;
     }
     if stepping {
@@ -63,7 +80,23 @@ pub fn set_guest_debug(vcpu: &VcpuFd, config: &DebugConfig) -> Result<(), String
             debugreg::debugreg_array(&config.hw_slots).map_err(|e| e.to_string())?;
     }
     vcpu.set_guest_debug(&dbg)
-        .map_err(|e| format!("KVM_SET_GUEST_DEBUG: {e}"))
+        .map_err(|e| format!("KVM_SET_GUEST_DEBUG: {e}"))?;
+    let sync = config.enabled() && host_syncs_regs;
+    for reg in [SyncReg::Register, SyncReg::SystemRegister] {
+        if sync {
+            vcpu.set_sync_valid_reg(reg);
+        } else {
+            vcpu.clear_sync_valid_reg(reg);
+        }
+    }
+    Ok(sync)
+}
+
+/// Whether KVM can copy general and system registers into kvm_run at exits (KVM rejects a
+/// KVM_RUN that asks for more than it supports).
+pub fn host_syncs_regs(kvm: &Kvm) -> bool {
+    let wanted = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
+    kvm.check_extension_int(Cap::SyncRegs) as u32 & wanted == wanted
 }
 
 /// Why the vCPU stopped, in debugger terms.
@@ -265,7 +298,23 @@ impl From<&X86_64KvmRegs> for StopState {
     }
 }
 
-pub fn read_stop_state(vcpu: &VcpuFd) -> Result<StopState, String> {
+/// The vCPU's `StopState`. `synced`: KVM copied the registers into kvm_run at the exit just
+/// taken (see `set_guest_debug`) and nothing changed them since.
+pub fn read_stop_state(vcpu: &VcpuFd, synced: bool) -> Result<StopState, String> {
+    if synced {
+        let s = vcpu.sync_regs();
+        return Ok(StopState {
+            rip: s.regs.rip,
+            rsp: s.regs.rsp,
+            rbp: s.regs.rbp,
+            paging: PagingContext {
+                cr0: s.sregs.cr0,
+                cr3: s.sregs.cr3,
+                cr4: s.sregs.cr4,
+                efer: s.sregs.efer,
+            },
+        });
+    }
     let regs = vcpu.get_regs().map_err(|e| format!("KVM_GET_REGS: {e}"))?;
     Ok(StopState {
         rip: regs.rip,
