@@ -277,8 +277,9 @@ pub fn write_registers(vcpu: &VcpuFd, new: &X86_64KvmRegs) -> Result<(), String>
 }
 
 /// What a debugger needs at every stop: where the vCPU is (GDB places the stop from pc, sp
-/// and frame pointer) and how it maps memory. Two ioctls; the rest of the register file
-/// (FPU, SSE, MSRs) costs three more and is read only when asked for.
+/// and frame pointer) and how it maps memory. At a stop it comes from kvm_run for free (see
+/// `set_guest_debug`), otherwise from two ioctls; the rest of the register file (FPU, SSE,
+/// MSRs) costs three more and is read only when asked for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StopState {
     pub rip: u64,
