@@ -359,6 +359,7 @@ impl Vcpu {
         let before = debug.config.clone();
         change(&mut debug.config);
         if debug.config != before {
+            // Until KVM took the new setting, kvm_run's copy is not to be trusted.
             debug.synced_regs = false;
             debug.synced_regs =
                 archdebug::set_guest_debug(&mut self.fd, &debug.config, self.host_syncs_regs)?;

@@ -5,7 +5,7 @@
 use kvm_bindings::{
     KVM_GUESTDBG_BLOCKIRQ, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
     KVM_GUESTDBG_USE_SW_BP, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, Msrs, kvm_debug_exit_arch,
-    kvm_guest_debug, kvm_msr_entry,
+    kvm_guest_debug, kvm_msr_entry, kvm_sregs,
 };
 use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
@@ -238,9 +238,7 @@ fn set_mxcsr(vcpu: &VcpuFd, mxcsr: u32) -> Result<(), String> {
 /// GDB's register file from the vCPU.
 pub fn read_registers(vcpu: &VcpuFd) -> Result<X86_64KvmRegs, String> {
     let regs = vcpu.get_regs().map_err(|e| format!("KVM_GET_REGS: {e}"))?;
-    let sregs = vcpu
-        .get_sregs()
-        .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+    let sregs = get_sregs(vcpu)?;
     let fpu = fpu_with_mxcsr(vcpu)?;
     Ok(X86_64KvmRegs::from_kvm(
         &regs,
@@ -253,9 +251,7 @@ pub fn read_registers(vcpu: &VcpuFd) -> Result<X86_64KvmRegs, String> {
 /// Writes GDB's register file back, touching only what GDB can express.
 pub fn write_registers(vcpu: &VcpuFd, new: &X86_64KvmRegs) -> Result<(), String> {
     let mut regs = vcpu.get_regs().map_err(|e| format!("KVM_GET_REGS: {e}"))?;
-    let mut sregs = vcpu
-        .get_sregs()
-        .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+    let mut sregs = get_sregs(vcpu)?;
     let mut fpu = fpu_with_mxcsr(vcpu)?;
     let kgs = new.to_kvm(&mut regs, &mut sregs, &mut fpu);
     vcpu.set_regs(&regs)
@@ -302,40 +298,37 @@ impl From<&X86_64KvmRegs> for StopState {
 /// The vCPU's `StopState`. `synced`: KVM copied the registers into kvm_run at the exit just
 /// taken (see `set_guest_debug`) and nothing changed them since.
 pub fn read_stop_state(vcpu: &VcpuFd, synced: bool) -> Result<StopState, String> {
-    if synced {
+    let (regs, sregs) = if synced {
         let s = vcpu.sync_regs();
-        return Ok(StopState {
-            rip: s.regs.rip,
-            rsp: s.regs.rsp,
-            rbp: s.regs.rbp,
-            paging: PagingContext {
-                cr0: s.sregs.cr0,
-                cr3: s.sregs.cr3,
-                cr4: s.sregs.cr4,
-                efer: s.sregs.efer,
-            },
-        });
-    }
-    let regs = vcpu.get_regs().map_err(|e| format!("KVM_GET_REGS: {e}"))?;
+        (s.regs, s.sregs)
+    } else {
+        let regs = vcpu.get_regs().map_err(|e| format!("KVM_GET_REGS: {e}"))?;
+        (regs, get_sregs(vcpu)?)
+    };
     Ok(StopState {
         rip: regs.rip,
         rsp: regs.rsp,
         rbp: regs.rbp,
-        paging: paging_context(vcpu)?,
+        paging: paging_of(&sregs),
     })
 }
 
 /// The vCPU's paging state, for the page-table walker.
 pub fn paging_context(vcpu: &VcpuFd) -> Result<PagingContext, String> {
-    let s = vcpu
-        .get_sregs()
-        .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
-    Ok(PagingContext {
+    get_sregs(vcpu).map(|s| paging_of(&s))
+}
+
+fn get_sregs(vcpu: &VcpuFd) -> Result<kvm_sregs, String> {
+    vcpu.get_sregs().map_err(|e| format!("KVM_GET_SREGS: {e}"))
+}
+
+fn paging_of(s: &kvm_sregs) -> PagingContext {
+    PagingContext {
         cr0: s.cr0,
         cr3: s.cr3,
         cr4: s.cr4,
         efer: s.efer,
-    })
+    }
 }
 
 /// How a debugger address is to be understood.
@@ -422,9 +415,7 @@ fn physical(mem: &GuestMem, ctx: &PagingContext, space: AddressSpace, addr: u64)
 
 /// The registers `monitor regs` shows beyond GDB's own: debug registers and descriptor tables.
 pub fn describe_system_registers(vcpu: &VcpuFd) -> Result<String, String> {
-    let s = vcpu
-        .get_sregs()
-        .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+    let s = get_sregs(vcpu)?;
     let d = vcpu
         .get_debug_regs()
         .map_err(|e| format!("KVM_GET_DEBUGREGS: {e}"))?;
