@@ -57,6 +57,7 @@ const GUESTS: &[Guest] = &[
     Guest { name: "bad-insn.elf", sources: &["bad-insn.S", LIB64], kind: Kind::Elf64 },
     Guest { name: "int3.elf", sources: &["int3.S", LIB64], kind: Kind::Elf64 },
     Guest { name: "reset-pvh.elf", sources: &["reset-pvh.S", LIB32], kind: Kind::Pvh },
+    Guest { name: "acpi-pvh.elf", sources: &["acpi-pvh.S", LIB32], kind: Kind::Pvh },
     Guest { name: "flood-pvh.elf", sources: &["flood-pvh.S", LIB32], kind: Kind::Pvh },
     Guest { name: "gdbtest.elf", sources: &["gdbtest.S", LIB64], kind: Kind::Elf64 },
     Guest { name: "gdbtest-smp.elf", sources: &["gdbtest-smp.S", "smp-boot.S", LIB64], kind: Kind::Elf64 },

@@ -36,6 +36,7 @@
 #define HVM_START_MAGIC         0x336ec578
 #define HVM_SI_MAGIC            0
 #define HVM_SI_CMDLINE_PADDR    24      /* u64 */
+#define HVM_SI_RSDP_PADDR       32      /* u64 */
 #define HVM_SI_MEMMAP_PADDR     40      /* u64 */
 #define HVM_SI_MEMMAP_ENTRIES   48      /* u32 */
 

@@ -43,6 +43,8 @@ check hello-pvh "$dir/hello-pvh.elf" "" "" \
     "minivmm: hello from pvh" "pvh start_info magic ok" \
     "pvh memmap entries: " "cmdline: console=ttyS0 smoke"
 check reset-pvh "$dir/reset-pvh.elf" "" "" ""
+# QEMU's own ACPI tables (PIIX4 PM, S5 sleep type 0): the guest reads them like firmware's.
+check acpi-pvh "$dir/acpi-pvh.elf" "" "" "acpi: hello from pvh" "acpi: S5 sleep type 0, PM1a_CNT port "
 check flood-pvh "$dir/flood-pvh.elf" "" "" \
     "0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[]^_\`abcdefghijklmno" "flood: done"
 check hello-bzimage "$dir/hello-bzimage.bin" "" "" \

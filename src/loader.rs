@@ -2,7 +2,7 @@
 //! linux-loader, places the initrd and command line, and writes the boot information the
 //! format's protocol defines (Linux zero page or PVH start_info), including the memory map.
 
-use std::io::Cursor;
+use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
 
 use linux_loader::bootparam::{boot_e820_entry, boot_params};
@@ -29,6 +29,14 @@ pub enum LoaderError {
     },
     #[error("kernel {0} is empty")]
     Empty(PathBuf),
+    #[error(
+        "{what} {path} is larger than the guest's {mem_mib} MiB of memory: raise --mem or check the file name"
+    )]
+    LargerThanMemory {
+        what: &'static str,
+        path: PathBuf,
+        mem_mib: u64,
+    },
     #[error(
         "kernel {0} is not a format minivmm can boot: give a Linux bzImage, a vmlinux ELF or a PVH ELF"
     )]
@@ -130,22 +138,56 @@ pub fn is_linux(image: &[u8]) -> bool {
     }
 }
 
-fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| LoaderError::Read {
+/// Reads at most `limit` bytes: more could not fit in the guest, and a device such as
+/// /dev/zero would otherwise be read until the host runs out of memory.
+fn read_file(what: &'static str, path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let read_err = |source| LoaderError::Read {
         what,
         path: path.to_owned(),
         source,
+    };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let size_hint = file.metadata().map(|m| m.len().min(limit)).unwrap_or(0);
+    let mut bytes = Vec::with_capacity(size_hint as usize);
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > limit {
+        return Err(LoaderError::LargerThanMemory {
+            what,
+            path: path.to_owned(),
+            mem_mib: limit >> 20,
+        });
+    }
+    Ok(bytes)
+}
+
+/// The kernel and initrd files' contents.
+pub struct Images {
+    pub kernel: Vec<u8>,
+    pub initrd: Option<Vec<u8>>,
+}
+
+/// Reads the kernel and the initrd, failing on files that cannot be read, an empty kernel
+/// and files larger than the guest's `mem_bytes`: checks that need no VM.
+pub fn read_images(kernel: &Path, initrd: Option<&Path>, mem_bytes: u64) -> Result<Images> {
+    let image = read_file("kernel", kernel, mem_bytes)?;
+    if image.is_empty() {
+        return Err(LoaderError::Empty(kernel.to_owned()));
+    }
+    let initrd = initrd
+        .map(|p| read_file("initrd", p, mem_bytes))
+        .transpose()?;
+    Ok(Images {
+        kernel: image,
+        initrd,
     })
 }
 
 /// Loads the kernel (and initrd) into `mem` and writes the boot information.
 pub fn load(mem: &GuestMem, spec: &BootSpec) -> Result<LoadedKernel> {
-    let image = read_file("kernel", spec.kernel)?;
-    if image.is_empty() {
-        return Err(LoaderError::Empty(spec.kernel.to_owned()));
-    }
-    let initrd = spec.initrd.map(|p| read_file("initrd", p)).transpose()?;
-    load_image(mem, spec, &image, initrd.as_deref())
+    let images = read_images(spec.kernel, spec.initrd, spec.low_ram_end)?;
+    load_image(mem, spec, &images.kernel, images.initrd.as_deref())
 }
 
 /// [`load`] for a kernel and initrd already in memory; `spec.kernel` only names the kernel
@@ -740,8 +782,17 @@ mod tests {
             Err(LoaderError::TooBig { .. })
         ));
         assert!(matches!(
-            boot(&bzimage(0x020f, 1, 512), Some(&vec![0u8; 70 << 20]), 64),
+            boot(&bzimage(0x020f, 1, 512), Some(&vec![0u8; 63 << 20]), 64),
             Err(LoaderError::InitrdNoRoom { .. })
+        ));
+        // Larger than all of RAM: refused while reading, before anything is placed.
+        assert!(matches!(
+            boot(&bzimage(0x020f, 1, 512), Some(&vec![0u8; 70 << 20]), 64),
+            Err(LoaderError::LargerThanMemory {
+                what: "initrd",
+                mem_mib: 64,
+                ..
+            })
         ));
     }
 

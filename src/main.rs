@@ -23,7 +23,7 @@ The guest's serial console (COM1) is this terminal: output to stdout, input from
 On a terminal, Ctrl-A x quits. RUST_LOG=debug shows what minivmm is doing.
 
 Exit status:
-  0    the guest rebooted (reset through the i8042, e.g. Linux 'reboot' with reboot=k)
+  0    the guest rebooted or powered off (Linux 'reboot' or 'poweroff': i8042 or ACPI)
   1    minivmm could not start the VM (bad input, KVM unavailable, ...)
   2    bad command line
   3    the guest triple-faulted (CPU shutdown)
@@ -112,7 +112,7 @@ fn exit_for(outcome: Outcome) -> ExitCode {
         }
         Outcome::Crashed { cpu, report } => eprintln!("minivmm: vCPU {cpu} stopped: {report}"),
         Outcome::DebuggerKill => eprintln!("minivmm: killed from GDB"),
-        Outcome::Reset | Outcome::UserQuit | Outcome::Signal(_) => {}
+        Outcome::Reset | Outcome::PowerOff | Outcome::UserQuit | Outcome::Signal(_) => {}
     }
     ExitCode::from(outcome.exit_status())
 }

@@ -18,6 +18,7 @@ use crate::arch::boot::{self, BootEntry};
 use crate::arch::cpu::{self, CpuidFilter};
 use crate::arch::probe::{HostQuirks, probe_host};
 use crate::arch::{acpi, mptable};
+use crate::devices::acpi_pm::{AcpiPm, PM_BASE, PM_LEN};
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use crate::devices::serial::{
     COM1_BASE, COM1_IRQ, COM1_LEN, ConsoleThread, InputEvent, IrqTrigger, Serial,
@@ -100,8 +101,11 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 /// Messages to the control loop.
 #[derive(Debug)]
 pub enum VmEvent {
-    /// The guest pulsed the reset line: a reboot, which ends minivmm successfully.
+    /// The guest reset the machine (the i8042's reset line or the ACPI reset register): a
+    /// reboot, which ends minivmm successfully.
     GuestReset,
+    /// The guest entered ACPI S5 (Linux `poweroff`), which also ends minivmm successfully.
+    GuestPowerOff,
     /// A vCPU cannot go on.
     VcpuStopped { cpu: usize, fault: VcpuFault },
     /// SIGINT or SIGTERM.
@@ -134,6 +138,7 @@ pub enum VmResponse {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     Reset,
+    PowerOff,
     TripleFault { cpu: usize },
     Crashed { cpu: usize, report: String },
     Signal(i32),
@@ -154,7 +159,7 @@ impl Outcome {
     /// The process exit status for this ending.
     pub fn exit_status(&self) -> u8 {
         match self {
-            Outcome::Reset => 0,
+            Outcome::Reset | Outcome::PowerOff => 0,
             Outcome::TripleFault { .. } => status::TRIPLE_FAULT,
             Outcome::Crashed { .. } => status::VCPU_ERROR,
             Outcome::UserQuit => status::USER_QUIT,
@@ -164,18 +169,52 @@ impl Outcome {
     }
 }
 
-/// Sends a fixed event when triggered (the i8042 reset line).
+/// Sends a fixed event to the control loop when a device's line fires (a reset or a
+/// power-off request).
 struct EventTrigger {
     events: Mutex<Sender<VmEvent>>,
+    event: fn() -> VmEvent,
+}
+
+impl EventTrigger {
+    fn new(events: &Sender<VmEvent>, event: fn() -> VmEvent) -> Self {
+        EventTrigger {
+            events: Mutex::new(events.clone()),
+            event,
+        }
+    }
 }
 
 impl Trigger for EventTrigger {
     type E = std::io::Error;
     fn trigger(&self) -> std::io::Result<()> {
         let tx = crate::devices::lock(&self.events);
-        tx.send(VmEvent::GuestReset)
+        tx.send((self.event)())
             .map_err(|_| std::io::Error::other("VMM control loop is gone"))
     }
+}
+
+/// Guest memory, the VM with its in-kernel devices, and the firmware tables in memory.
+/// Returns the RSDP's address.
+fn build_vm(
+    kvm: &Kvm,
+    mem_mib: u64,
+    cpus: u8,
+) -> Result<(GuestMem, VmFd, vm_memory::GuestAddress), VmError> {
+    let mem = memory::create_guest_memory(mem_mib)?;
+    let vm = create_vm(kvm, &mem)?;
+    boot::write_boot_tables(&mem)?;
+    match mptable::setup_mptable(&mem, cpus) {
+        // The MP table only serves kernels without ACPI; the MADT describes every CPU.
+        Err(mptable::MptableError::DoesNotFit { .. }) => {
+            info!(
+                "{cpus} vCPUs do not fit in an MP table below 640 KiB; describing them in ACPI only"
+            )
+        }
+        other => other?,
+    }
+    let rsdp = acpi::setup_acpi(&mem, cpus)?;
+    Ok((mem, vm, rsdp))
 }
 
 /// Where the guest's ISA interrupts, timers and APICs live: KVM's in-kernel models.
@@ -306,8 +345,8 @@ struct Devices {
     console: ConsoleThread,
 }
 
-/// COM1 (output through the console thread, IRQ 4 through an irqfd) and the i8042, whose
-/// reset line ends the VM.
+/// COM1 (output through the console thread, IRQ 4 through an irqfd), and the i8042 and
+/// ACPI power-management registers, through which the guest ends the VM.
 fn setup_devices(vm: &VmFd, events: &Sender<VmEvent>) -> Result<Devices, VmError> {
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
     vm.register_irqfd(&serial_irq, COM1_IRQ)
@@ -317,10 +356,13 @@ fn setup_devices(vm: &VmFd, events: &Sender<VmEvent>) -> Result<Devices, VmError
         IrqTrigger(serial_irq),
         Box::new(console),
     )));
-    let reset = EventTrigger {
-        events: Mutex::new(events.clone()),
-    };
-    let i8042: Arc<Mutex<dyn PioDevice>> = Arc::new(Mutex::new(I8042::new(reset)));
+    let reset = || VmEvent::GuestReset;
+    let i8042: Arc<Mutex<dyn PioDevice>> =
+        Arc::new(Mutex::new(I8042::new(EventTrigger::new(events, reset))));
+    let acpi_pm: Arc<Mutex<dyn PioDevice>> = Arc::new(Mutex::new(AcpiPm::new(
+        EventTrigger::new(events, || VmEvent::GuestPowerOff),
+        EventTrigger::new(events, reset),
+    )));
     let pio = PioBus::new(vec![
         (
             COM1_BASE,
@@ -328,6 +370,7 @@ fn setup_devices(vm: &VmFd, events: &Sender<VmEvent>) -> Result<Devices, VmError
             serial.clone() as Arc<Mutex<dyn PioDevice>>,
         ),
         (I8042_BASE, I8042_LEN, i8042),
+        (PM_BASE, PM_LEN, acpi_pm),
     ]);
 
     Ok(Devices {
@@ -356,26 +399,15 @@ fn tell_debugger_vm_ended(gdb: &GdbServer, channel: &DebugChannel, outcome: &Out
 /// Builds the VM and runs it until it ends.
 pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
     let signals = block_forwarded_signals();
+    let ranges = memory::ram_ranges(config.mem_mib)?;
+    // Bad files are the likeliest mistake: report them before touching KVM.
+    let mem_bytes = config.mem_mib.saturating_mul(1 << 20);
+    let images = loader::read_images(&config.kernel, config.initrd.as_deref(), mem_bytes)?;
     let kvm = open_kvm(config)?;
     let gdb_listener = config.gdb.map(GdbListener::bind).transpose()?;
-    let ranges = memory::ram_ranges(config.mem_mib)?;
-    let mem = memory::create_guest_memory(config.mem_mib)?;
-    let vm = create_vm(&kvm, &mem)?;
-
-    boot::write_boot_tables(&mem)?;
-    let cpus = config.cpus as u8;
-    match mptable::setup_mptable(&mem, cpus) {
-        // The MP table only serves kernels without ACPI; the MADT describes every CPU.
-        Err(mptable::MptableError::DoesNotFit { .. }) => {
-            info!(
-                "{cpus} vCPUs do not fit in an MP table below 640 KiB; describing them in ACPI only"
-            )
-        }
-        other => other?,
-    }
-    let rsdp = acpi::setup_acpi(&mem, cpus)?;
-    let e820 = memory::e820_map(&ranges);
+    let (mem, vm, rsdp) = build_vm(&kvm, config.mem_mib, config.cpus as u8)?;
     let quirks = probe_host(&kvm);
+    let e820 = memory::e820_map(&ranges);
     let workarounds =
         (quirks.emulates_guest_code && config.host_workarounds).then_some(LINUX_EMULATED_HOST_ARGS);
     let spec = BootSpec {
@@ -387,7 +419,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
         e820: &e820,
         acpi_rsdp: Some(rsdp.0),
     };
-    let kernel = loader::load(&mem, &spec)?;
+    let kernel = loader::load_image(&mem, &spec, &images.kernel, images.initrd.as_deref())?;
     debug!(
         "loaded {:?} kernel, entry {:?}, command line {:?}",
         kernel.format, kernel.entry, kernel.cmdline
@@ -504,6 +536,7 @@ fn control_loop(events: &Receiver<VmEvent>, vcpus: &[VcpuHandle]) -> Outcome {
         debug!("control loop: {event:?}");
         match event {
             VmEvent::GuestReset => return Outcome::Reset,
+            VmEvent::GuestPowerOff => return Outcome::PowerOff,
             VmEvent::VcpuStopped { cpu, fault } => {
                 return match fault {
                     VcpuFault::TripleFault => Outcome::TripleFault { cpu },

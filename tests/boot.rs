@@ -239,6 +239,43 @@ fn int3_reaches_the_guest_idt_handler() {
     );
 }
 
+// ---------------------------------------------------------------------------------------
+// Ending the VM through ACPI: the guest walks RSDP -> RSDT -> FADT (-> DSDT) itself
+
+/// Boots acpi-pvh.elf with `args`; it must end minivmm with status 0 after printing
+/// exactly `lines`.
+#[track_caller]
+fn acpi_guest_ends_vm(args: &[&str], lines: &[&str]) {
+    let out = boot_ok("acpi-pvh.elf", args);
+    let text = out.stdout_text();
+    assert_eq!(text.lines().collect::<Vec<_>>(), lines, "{out}");
+}
+
+/// Linux `poweroff`: SLP_TYP from the DSDT's \_S5, with SLP_EN, to PM1a_CNT_BLK (port
+/// 0x604 and sleep type 5, as the README documents).
+#[test]
+fn acpi_power_off_ends_minivmm_with_status_0() {
+    acpi_guest_ends_vm(
+        &[],
+        &[
+            "acpi: hello from pvh",
+            "acpi: S5 sleep type 5, PM1a_CNT port 1540",
+        ],
+    );
+}
+
+/// Linux `reboot` without `reboot=k`: the FADT's RESET_VALUE to its RESET_REG.
+#[test]
+fn acpi_reset_register_ends_minivmm_with_status_0() {
+    acpi_guest_ends_vm(
+        &["--cmdline", "reset"],
+        &[
+            "acpi: hello from pvh",
+            "acpi: reset register port 1542, value 1",
+        ],
+    );
+}
+
 #[test]
 fn flood_delivers_all_65536_bytes_in_order() {
     const PATTERN: &str = "0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[]^_`abcdefghijklmno\n";
@@ -345,6 +382,27 @@ fn rejects_random_bytes_as_kernel() {
         .collect();
     let random = TempPath::with_contents("random", &bytes);
     assert_setup_error(&["--kernel", random.arg()], "format");
+}
+
+/// An endless device is read only as far as guest memory goes, not until the host runs
+/// out of memory.
+#[test]
+fn rejects_endless_device_as_kernel_or_initrd() {
+    assert_setup_error(
+        &["--kernel", "/dev/zero", "--mem", "64"],
+        "larger than the guest's 64 MiB",
+    );
+    assert_setup_error(
+        &[
+            "--kernel",
+            &hello64(),
+            "--initrd",
+            "/dev/zero",
+            "--mem",
+            "64",
+        ],
+        "initrd /dev/zero is larger",
+    );
 }
 
 /// hello64.elf with its first PT_LOAD's memsz raised to `memsz`.

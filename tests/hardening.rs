@@ -1,7 +1,8 @@
 //! Hardening (issue "Hardening", items 3, 5 and 6):
 //!
-//! 1. the guest dies while GDB is attached (triple fault, emulation failure, reset): GDB is
-//!    told how it ended, is never left hanging, and minivmm exits with the documented status;
+//! 1. the guest dies while GDB is attached (triple fault, emulation failure, reset, ACPI
+//!    power-off): GDB is told how it ended, is never left hanging, and minivmm exits with
+//!    the documented status;
 //! 2. several vCPUs hit a hardware breakpoint at the same moment: every stop is reported
 //!    once, for the right thread;
 //! 3. a bad environment (GDB port taken, address not on this machine, /dev/kvm missing or
@@ -73,6 +74,16 @@ fn gdb_told_of_emulation_failure() {
 fn gdb_told_of_reset() {
     gdb_told_of_end(
         "gdbtest.elf",
+        &["continue"],
+        "[Inferior 1 (process 1) exited normally]",
+        0,
+    );
+}
+
+#[test]
+fn gdb_told_of_power_off() {
+    gdb_told_of_end(
+        "acpi-pvh.elf",
         &["continue"],
         "[Inferior 1 (process 1) exited normally]",
         0,

@@ -114,6 +114,8 @@ fn linux_prints_banner_exact_cmdline_and_our_e820_map() {
     {
         thread::sleep(Duration::from_millis(50));
     }
+    // Then Linux lists our ACPI tables and parses the MADT, a little later.
+    vm.wait_for_stdout("ACPI: Using ACPI (MADT)", EARLY);
     let lines = console_lines(&vm);
     let (_, stderr) = vm.output_so_far();
     let stderr = String::from_utf8_lossy(&stderr);
@@ -143,6 +145,29 @@ fn linux_prints_banner_exact_cmdline_and_our_e820_map() {
         assert!(
             line.ends_with(want),
             "e820 line {line:?} should end with {want:?}"
+        );
+    }
+    // Every table minivmm writes, found through the RSDP and accepted, and the SCI's
+    // interrupt override from the MADT.
+    for table in ["RSDP", "XSDT", "FACP", "FACS", "DSDT", "APIC"] {
+        let line = line_with(&lines, &format!("ACPI: {table} 0x"));
+        assert!(
+            line.contains(" (v0") || table == "FACS",
+            "ACPI {table}: {line:?}"
+        );
+    }
+    let fadt = line_with(&lines, "ACPI: FACP 0x");
+    assert!(fadt.contains("(v06 MINIVM"), "{fadt}");
+    let iso = line_with(&lines, "ACPI: INT_SRC_OVR");
+    assert!(
+        iso.ends_with("(bus 0 bus_irq 9 global_irq 9 high level)"),
+        "{iso:?}"
+    );
+    for bad in ["ACPI Error", "ACPI BIOS Error", "ACPI Warning"] {
+        assert_eq!(
+            line_with(&lines, bad),
+            "",
+            "Linux complains about the tables"
         );
     }
 }

@@ -1,5 +1,6 @@
 //! Emulated devices and the port-I/O bus that routes guest `in`/`out` to them.
 
+pub mod acpi_pm;
 pub mod i8042;
 pub mod serial;
 

@@ -1,17 +1,19 @@
-//! Minimal ACPI tables: RSDP, RSDT, XSDT and a MADT.
+//! Minimal ACPI tables: RSDP, RSDT, XSDT, FADT (with its FACS and DSDT) and a MADT.
 //!
-//! This is just enough for Linux to enumerate the CPUs and the I/O APIC through ACPI
-//! (which it prefers over the MP table). There is no FADT or DSDT, so the kernel runs
-//! without an AML interpreter or power management; the processor and interrupt
-//! controller information is parsed from the MADT before that matters.
-
-// The VMM boot path that calls `setup_acpi` is written separately.
-#![allow(dead_code)]
+//! The MADT is how Linux finds the CPUs and the I/O APIC (it prefers it to the MP table).
+//! The FADT points the guest at the power-management registers of
+//! [`crate::devices::acpi_pm`], and the DSDT holds one object, `\_S5`, the sleep type for
+//! soft-off: together they let Linux `poweroff` end the VM, and `reboot` use the FADT's
+//! reset register. It is a full (not hardware-reduced) FADT, so Linux keeps the legacy
+//! PIC and PIT it uses without ACPI.
 
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
 use super::layout::{ACPI_START, BIOS_END, IOAPIC_ADDR, LAPIC_ADDR};
+use crate::devices::acpi_pm::{
+    PM1_CNT_LEN, PM1_CNT_PORT, PM1_EVT_LEN, PM1_EVT_PORT, RESET_PORT, RESET_VALUE, S5_SLP_TYP,
+};
 
 /// Highest CPU count: APIC ids are 8 bits, 0xff is the broadcast id and the I/O
 /// APIC takes the id after the last CPU.
@@ -40,13 +42,56 @@ const MADT_LAPIC_LEN: u8 = 8;
 const MADT_LAPIC_ENABLED: u32 = 1 << 0;
 const MADT_IOAPIC: u8 = 1;
 const MADT_IOAPIC_LEN: u8 = 12;
+const MADT_ISO: u8 = 2;
+const MADT_ISO_LEN: u8 = 10;
+/// MPS INTI flags: active high (01), level triggered (11 << 2).
+const MADT_ISO_HIGH_LEVEL: u16 = 0b1101;
+
+/// FADT revision 6 (ACPI 6.x): 276 bytes. Fields past the ones set here stay zero.
+const FADT_REVISION: u8 = 6;
+const FADT_LEN: usize = 276;
+/// The SCI's ISA IRQ, as on PC chipsets. Nothing raises it: no fixed event is ever set.
+const SCI_IRQ: u16 = 9;
+/// IAPC_BOOT_ARCH: an 8042 is present (the reset line; Linux may probe it).
+const IAPC_8042: u16 = 1 << 1;
+/// FADT flags: WBINVD works; the power and sleep buttons are not fixed-feature hardware
+/// (there are none); the reset register is supported.
+const FADT_WBINVD: u32 = 1 << 0;
+const FADT_PWR_BUTTON: u32 = 1 << 4;
+const FADT_SLP_BUTTON: u32 = 1 << 5;
+const FADT_RESET_REG_SUP: u32 = 1 << 10;
+/// C2/C3 latencies above 100 and 1000 microseconds mean "not supported".
+const NO_C2: u16 = 101;
+const NO_C3: u16 = 1001;
+/// Generic address structure: system I/O space, byte access.
+const GAS_SYSTEM_IO: u8 = 1;
+const GAS_BYTE_ACCESS: u8 = 1;
+
+const FACS_LEN: usize = 64;
+const FACS_VERSION: u8 = 2;
+/// The FACS must sit on a 64-byte boundary.
+const FACS_ALIGN: u64 = 64;
+
+/// DSDT revision 2: AML integers are 64-bit.
+const DSDT_REVISION: u8 = 2;
+/// `Name (_S5, Package (2) { S5_SLP_TYP, S5_SLP_TYP })` in AML: NameOp, the name, then
+/// PackageOp, PkgLength (6 bytes, itself included), NumElements and two BytePrefix'd values.
+const S5_AML: [u8; 12] = [
+    0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x02, 0x0a, S5_SLP_TYP, 0x0a, S5_SLP_TYP,
+];
 
 /// Tables start on 16-byte boundaries; the RSDP must, and the rest keep it tidy.
 const TABLE_ALIGN: u64 = 16;
 
-// Even 254 CPUs need about 2.3 KiB, far less than the BIOS area holds.
-const _: () =
-    assert!(ACPI_START + 0x100 + (HEADER_LEN as u64 + 8 + MAX_CPUS as u64 * 8 + 12) <= BIOS_END);
+/// Room the tables need for `cpus` CPUs, alignment padding included.
+const fn tables_len(cpus: u64) -> u64 {
+    let madt = HEADER_LEN as u64 + 8 + cpus * 8 + MADT_IOAPIC_LEN as u64 + MADT_ISO_LEN as u64;
+    let fixed = RSDP_LEN + HEADER_LEN + 8 + HEADER_LEN + 16 + FADT_LEN + FACS_LEN;
+    fixed as u64 + HEADER_LEN as u64 + S5_AML.len() as u64 + madt + 6 * FACS_ALIGN
+}
+
+// Even 254 CPUs need about 2.7 KiB, far less than the BIOS area holds.
+const _: () = assert!(ACPI_START + tables_len(MAX_CPUS as u64) <= BIOS_END);
 
 /// Errors from building the ACPI tables.
 #[derive(Debug, Error)]
@@ -75,11 +120,12 @@ pub enum AcpiError {
     },
 }
 
-/// Writes the RSDP, RSDT, XSDT and MADT for `num_cpus` CPUs starting at
-/// [`ACPI_START`] and returns the RSDP address (for `boot_params.acpi_rsdp_addr`).
+/// Writes the ACPI tables for `num_cpus` CPUs starting at [`ACPI_START`] and returns the
+/// RSDP address (for `boot_params.acpi_rsdp_addr` and PVH's `rsdp_paddr`).
 ///
 /// CPU `i` gets ACPI processor id and APIC id `i`; the I/O APIC gets id `num_cpus`
-/// and GSI base 0, with no interrupt source overrides (ISA IRQ n is GSI n).
+/// and GSI base 0. ISA IRQ n is GSI n; the one override says the SCI is level-triggered
+/// and active high.
 pub fn setup_acpi(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<GuestAddress, AcpiError> {
     if num_cpus == 0 {
         return Err(AcpiError::NoCpus);
@@ -90,20 +136,32 @@ pub fn setup_acpi(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<GuestAddress, A
         });
     }
 
+    // Everything lives below 1 MiB (checked at compile time), so 32-bit pointers fit.
     let rsdp_addr = ACPI_START;
     let rsdt_addr = align_up(rsdp_addr + RSDP_LEN as u64);
-    let rsdt_len = HEADER_LEN + 4;
-    let xsdt_addr = align_up(rsdt_addr + rsdt_len as u64);
-    let xsdt_len = HEADER_LEN + 8;
-    let madt_addr = align_up(xsdt_addr + xsdt_len as u64);
+    let xsdt_addr = align_up(rsdt_addr + (HEADER_LEN + 2 * 4) as u64);
+    let fadt_addr = align_up(xsdt_addr + (HEADER_LEN + 2 * 8) as u64);
+    let facs_addr = (fadt_addr + FADT_LEN as u64).next_multiple_of(FACS_ALIGN);
+    let dsdt_addr = align_up(facs_addr + FACS_LEN as u64);
+    let dsdt = sdt(b"DSDT", DSDT_REVISION, &S5_AML);
+    let madt_addr = align_up(dsdt_addr + dsdt.len() as u64);
 
-    // Everything lives below 1 MiB (checked at compile time), so 32-bit pointers fit.
     let madt = madt(num_cpus);
-    let rsdt = sdt(b"RSDT", RSDT_REVISION, &(madt_addr as u32).to_le_bytes());
-    let xsdt = sdt(b"XSDT", XSDT_REVISION, &madt_addr.to_le_bytes());
+    let fadt = fadt(dsdt_addr as u32, facs_addr as u32);
+    let listed = [fadt_addr, madt_addr];
+    let rsdt_body: Vec<u8> = listed
+        .iter()
+        .flat_map(|a| (*a as u32).to_le_bytes())
+        .collect();
+    let xsdt_body: Vec<u8> = listed.iter().flat_map(|a| a.to_le_bytes()).collect();
+    let rsdt = sdt(b"RSDT", RSDT_REVISION, &rsdt_body);
+    let xsdt = sdt(b"XSDT", XSDT_REVISION, &xsdt_body);
     let rsdp = rsdp(rsdt_addr as u32, xsdt_addr);
 
     write(mem, "MADT", madt_addr, &madt)?;
+    write(mem, "DSDT", dsdt_addr, &dsdt)?;
+    write(mem, "FACS", facs_addr, &facs())?;
+    write(mem, "FADT", fadt_addr, &fadt)?;
     write(mem, "XSDT", xsdt_addr, &xsdt)?;
     write(mem, "RSDT", rsdt_addr, &rsdt)?;
     // The RSDP goes last so that a half-written set is never discoverable.
@@ -184,7 +242,44 @@ fn madt(num_cpus: u8) -> Vec<u8> {
     body.extend_from_slice(&[MADT_IOAPIC, MADT_IOAPIC_LEN, num_cpus, 0]);
     body.extend_from_slice(&(IOAPIC_ADDR as u32).to_le_bytes());
     body.extend_from_slice(&0u32.to_le_bytes()); // GSI base
+    body.extend_from_slice(&[MADT_ISO, MADT_ISO_LEN, 0, SCI_IRQ as u8]); // ISA bus, IRQ
+    body.extend_from_slice(&u32::from(SCI_IRQ).to_le_bytes()); // GSI
+    body.extend_from_slice(&MADT_ISO_HIGH_LEVEL.to_le_bytes());
     sdt(b"APIC", MADT_REVISION, &body)
+}
+
+/// The FADT: where the PM1 registers, the reset register, the FACS and the DSDT are.
+/// SMI_CMD stays 0, which tells the OS the platform is always in ACPI mode.
+fn fadt(dsdt_addr: u32, facs_addr: u32) -> Vec<u8> {
+    let mut body = vec![0u8; FADT_LEN - HEADER_LEN];
+    let mut put = |offset: usize, bytes: &[u8]| {
+        body[offset - HEADER_LEN..][..bytes.len()].copy_from_slice(bytes);
+    };
+    put(36, &facs_addr.to_le_bytes()); // FIRMWARE_CTRL
+    put(40, &dsdt_addr.to_le_bytes()); // DSDT
+    put(46, &SCI_IRQ.to_le_bytes()); // SCI_INT
+    put(56, &u32::from(PM1_EVT_PORT).to_le_bytes()); // PM1a_EVT_BLK
+    put(64, &u32::from(PM1_CNT_PORT).to_le_bytes()); // PM1a_CNT_BLK
+    put(88, &[PM1_EVT_LEN, PM1_CNT_LEN]); // PM1_EVT_LEN, PM1_CNT_LEN
+    put(96, &NO_C2.to_le_bytes()); // P_LVL2_LAT
+    put(98, &NO_C3.to_le_bytes()); // P_LVL3_LAT
+    put(109, &IAPC_8042.to_le_bytes()); // IAPC_BOOT_ARCH
+    let flags = FADT_WBINVD | FADT_PWR_BUTTON | FADT_SLP_BUTTON | FADT_RESET_REG_SUP;
+    put(112, &flags.to_le_bytes());
+    put(116, &[GAS_SYSTEM_IO, 8, 0, GAS_BYTE_ACCESS]); // RESET_REG
+    put(120, &u64::from(RESET_PORT).to_le_bytes());
+    put(128, &[RESET_VALUE]);
+    put(140, &u64::from(dsdt_addr).to_le_bytes()); // X_DSDT, the same table
+    sdt(b"FACP", FADT_REVISION, &body)
+}
+
+/// The FACS: no waking vector and an unowned global lock. It has no checksum.
+fn facs() -> [u8; FACS_LEN] {
+    let mut f = [0u8; FACS_LEN];
+    f[0..4].copy_from_slice(b"FACS");
+    f[4..8].copy_from_slice(&(FACS_LEN as u32).to_le_bytes());
+    f[32] = FACS_VERSION;
+    f
 }
 
 #[cfg(test)]
@@ -238,6 +333,7 @@ mod tests {
     enum Madt {
         Lapic { uid: u8, apic_id: u8, flags: u32 },
         IoApic { id: u8, addr: u32, gsi_base: u32 },
+        Override { irq: u8, gsi: u32, flags: u16 },
     }
 
     fn madt_entries(madt: &[u8]) -> Vec<Madt> {
@@ -257,6 +353,14 @@ mod tests {
                     addr: u32_at(e, 4),
                     gsi_base: u32_at(e, 8),
                 },
+                (2, 10) => {
+                    assert_eq!(e[2], 0, "ISA bus");
+                    Madt::Override {
+                        irq: e[3],
+                        gsi: u32_at(e, 4),
+                        flags: u16::from_le_bytes([e[8], e[9]]),
+                    }
+                }
                 _ => panic!("unexpected MADT entry type {kind} length {len}"),
             });
             pos += len;
@@ -269,31 +373,49 @@ mod tests {
         out
     }
 
+    /// The tables a guest finds by following the RSDP, by signature, checked for
+    /// checksums and for the RSDT and XSDT agreeing.
+    fn tables_from_rsdp(mem: &GuestMemoryMmap, rsdp_addr: u64) -> Vec<(u64, Vec<u8>)> {
+        let rsdp = read(mem, rsdp_addr, 36);
+        assert_eq!(rsdp[15], 2, "RSDP revision");
+        assert_eq!(u32_at(&rsdp, 20), 36, "RSDP length");
+        assert_eq!(sum(&rsdp), 0, "extended checksum");
+        let (xsdt_addr, rsdt_addr) = (u64_at(&rsdp, 24), u64::from(u32_at(&rsdp, 16)));
+        let xsdt = table(mem, xsdt_addr, b"XSDT");
+        let rsdt = table(mem, rsdt_addr, b"RSDT");
+        let from_xsdt: Vec<u64> = xsdt[36..].chunks(8).map(|c| u64_at(c, 0)).collect();
+        let from_rsdt: Vec<u64> = rsdt[36..].chunks(4).map(|c| u32_at(c, 0).into()).collect();
+        assert_eq!(from_xsdt, from_rsdt);
+        let mut found = vec![(rsdp_addr, rsdp), (xsdt_addr, xsdt), (rsdt_addr, rsdt)];
+        for addr in from_xsdt {
+            let sig: [u8; 4] = read(mem, addr, 4).try_into().unwrap();
+            found.push((addr, table(mem, addr, &sig)));
+        }
+        found
+    }
+
+    fn by_sig<'a>(tables: &'a [(u64, Vec<u8>)], sig: &[u8; 4]) -> (u64, &'a [u8]) {
+        let (addr, t) = tables
+            .iter()
+            .find(|(_, t)| &t[0..4] == sig)
+            .unwrap_or_else(|| panic!("no {} table", String::from_utf8_lossy(sig)));
+        (*addr, t)
+    }
+
     #[test]
     fn tables_are_discoverable_and_consistent() {
         for n in [1u8, 2, 8, 254] {
             let mem = memory();
             let rsdp_addr = setup_acpi(&mem, n).unwrap();
             assert_eq!(find_rsdp(&mem), rsdp_addr.0);
+            let mut tables = tables_from_rsdp(&mem, rsdp_addr.0);
+            let sigs: Vec<&[u8]> = tables[3..].iter().map(|(_, t)| &t[0..4]).collect();
+            assert_eq!(sigs, [b"FACP", b"APIC"], "tables the XSDT lists");
 
-            let rsdp = read(&mem, rsdp_addr.0, 36);
-            assert_eq!(rsdp[15], 2, "RSDP revision");
-            assert_eq!(u32_at(&rsdp, 20), 36, "RSDP length");
-            assert_eq!(sum(&rsdp), 0, "extended checksum");
-
-            let xsdt = table(&mem, u64_at(&rsdp, 24), b"XSDT");
-            assert_eq!(xsdt.len(), 36 + 8, "XSDT lists one table");
-            let rsdt = table(&mem, u64::from(u32_at(&rsdp, 16)), b"RSDT");
-            assert_eq!(rsdt.len(), 36 + 4, "RSDT lists one table");
-            let madt_addr = u64_at(&xsdt, 36);
-            assert_eq!(u64::from(u32_at(&rsdt, 36)), madt_addr);
-
-            let madt = table(&mem, madt_addr, b"APIC");
+            let (_, madt) = by_sig(&tables, b"APIC");
             assert_eq!(madt[8], 3, "MADT revision");
-            assert_eq!(u32_at(&madt, 36), 0xfee0_0000);
-            assert_eq!(u32_at(&madt, 40), 1, "PCAT_COMPAT");
-            assert_eq!(madt.len(), 44 + 8 * usize::from(n) + 12);
-
+            assert_eq!(u32_at(madt, 36), 0xfee0_0000);
+            assert_eq!(u32_at(madt, 40), 1, "PCAT_COMPAT");
             let mut expected: Vec<_> = (0..n)
                 .map(|i| Madt::Lapic {
                     uid: i,
@@ -306,20 +428,84 @@ mod tests {
                 addr: 0xfec0_0000,
                 gsi_base: 0,
             });
-            assert_eq!(madt_entries(&madt), expected);
+            expected.push(Madt::Override {
+                irq: 9,
+                gsi: 9,
+                flags: 0b1101,
+            });
+            assert_eq!(madt_entries(madt), expected);
 
-            // No table overlaps the next one.
-            let ends = [
-                (rsdp_addr.0, 36u64),
-                (u64::from(u32_at(&rsdp, 16)), rsdt.len() as u64),
-                (u64_at(&rsdp, 24), xsdt.len() as u64),
-                (madt_addr, madt.len() as u64),
-            ];
-            for w in ends.windows(2) {
-                assert!(w[0].0 + w[0].1 <= w[1].0, "{w:x?}");
+            // The FACS and the DSDT hang off the FADT.
+            let (_, fadt) = by_sig(&tables, b"FACP");
+            let facs_addr = u64::from(u32_at(fadt, 36));
+            assert_eq!(facs_addr % 64, 0, "FACS alignment");
+            let facs = read(&mem, facs_addr, 64);
+            assert_eq!(&facs[0..4], b"FACS");
+            assert_eq!(u32_at(&facs, 4), 64);
+            let dsdt_addr = u64::from(u32_at(fadt, 40));
+            assert_eq!(u64_at(fadt, 140), dsdt_addr, "X_DSDT matches DSDT");
+            tables.push((facs_addr, facs));
+            tables.push((dsdt_addr, table(&mem, dsdt_addr, b"DSDT")));
+
+            // No table overlaps another, and all stay in the BIOS area.
+            tables.sort_by_key(|(addr, _)| *addr);
+            for w in tables.windows(2) {
+                assert!(
+                    w[0].0 + w[0].1.len() as u64 <= w[1].0,
+                    "{:x} overlaps {:x}",
+                    w[0].0,
+                    w[1].0
+                );
             }
-            assert!(madt_addr + madt.len() as u64 <= 0x100000);
+            let (last, t) = tables.last().unwrap();
+            assert!(last + t.len() as u64 <= 0x100000);
         }
+    }
+
+    #[test]
+    fn fadt_points_at_the_power_management_registers() {
+        let mem = memory();
+        let rsdp = setup_acpi(&mem, 1).unwrap();
+        let tables = tables_from_rsdp(&mem, rsdp.0);
+        let (_, fadt) = by_sig(&tables, b"FACP");
+        assert_eq!((fadt[8], fadt.len()), (6, 276), "FADT revision and length");
+        assert_eq!(u16::from_le_bytes([fadt[46], fadt[47]]), 9, "SCI_INT");
+        assert_eq!(u32_at(fadt, 48), 0, "no SMI_CMD: always in ACPI mode");
+        assert_eq!(u32_at(fadt, 56), u32::from(PM1_EVT_PORT));
+        assert_eq!(u32_at(fadt, 64), u32::from(PM1_CNT_PORT));
+        assert_eq!(
+            (fadt[88], fadt[89]),
+            (4, 2),
+            "PM1 event and control lengths"
+        );
+        assert_eq!(u32_at(fadt, 76), 0, "no PM timer");
+        let flags = u32_at(fadt, 112);
+        assert_ne!(flags & (1 << 10), 0, "RESET_REG_SUP");
+        assert_eq!(flags & (1 << 20), 0, "not hardware-reduced");
+        // RESET_REG: system I/O, 8 bits at the reset port, then the value.
+        assert_eq!(&fadt[116..120], &[1, 8, 0, 1]);
+        assert_eq!(u64_at(fadt, 120), u64::from(RESET_PORT));
+        assert_eq!(fadt[128], RESET_VALUE);
+    }
+
+    /// What ACPICA does to find the sleep type for S5: look up `_S5_` in the DSDT and take
+    /// the first element of its package.
+    #[test]
+    fn dsdt_names_the_s5_sleep_type_the_pm_device_acts_on() {
+        let mem = memory();
+        let rsdp = setup_acpi(&mem, 1).unwrap();
+        let tables = tables_from_rsdp(&mem, rsdp.0);
+        let (_, fadt) = by_sig(&tables, b"FACP");
+        let dsdt = table(&mem, u64::from(u32_at(fadt, 40)), b"DSDT");
+        let aml = &dsdt[36..];
+        assert_eq!(&aml[..5], b"\x08_S5_", "NameOp _S5_ at the root");
+        let package = &aml[5..];
+        assert_eq!(package[0], 0x12, "PackageOp");
+        let pkg_len = usize::from(package[1]);
+        assert_eq!(pkg_len & 0xc0, 0, "one-byte PkgLength");
+        assert_eq!(1 + pkg_len, package.len(), "the package ends the table");
+        assert_eq!(package[2], 2, "NumElements");
+        assert_eq!(&package[3..5], &[0x0a, S5_SLP_TYP], "SLP_TYPa");
     }
 
     #[test]
