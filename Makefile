@@ -4,7 +4,7 @@ CARGO  ?= cargo
 BIN    := target/release/minivmm
 # The test guests are built from source by build.rs; this asks cargo where they went.
 GUESTS  = $(shell scripts/guests-dir --release)
-FUZZ_SECS ?= 60
+FUZZ_SECS ?= 600
 
 .PHONY: all build run test unit-test e2e-test debug-test guests bench lint linux linux-test fuzz clean
 

@@ -18,7 +18,8 @@ pkg_of_meta() { apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/De
 pkg=$(pkg_of_meta)
 if [ -z "$pkg" ]; then
     echo "fetch-linux: updating the package lists" >&2
-    apt-get update -qq >&2 || fail "apt-get update failed: is the network (Debian mirror) reachable?"
+    if [ "$(id -u)" -eq 0 ]; then update=(apt-get update -qq); else update=(sudo apt-get update -qq); fi
+    "${update[@]}" >&2 || fail "apt-get update failed: is the network (Debian mirror) reachable? (it needs root or sudo)"
     pkg=$(pkg_of_meta)
 fi
 [ -n "$pkg" ] || fail "no linux-image-*-cloud-amd64 package found in the apt sources"

@@ -243,6 +243,9 @@ struct DebugState {
     synced_regs: bool,
     /// Stop notifications sent to the debugger, for `Resume`.
     stops_sent: u64,
+    /// Where the last exit re-ran an instruction whose int3 the debugger had lifted; a second
+    /// failure there in a row is a real one.
+    rerun_after_lifted_int3: Option<u64>,
 }
 
 impl Vcpu {
@@ -457,6 +460,7 @@ impl Vcpu {
                 return Next::Stop(VcpuFault::Crashed(format!("KVM_RUN failed: {e}")));
             }
         };
+        let rerun_at = debug.rerun_after_lifted_int3.take();
         match exit {
             VcpuExit::IoIn(port, data) => {
                 if self.pio.read(port, data).is_err() {
@@ -493,7 +497,7 @@ impl Vcpu {
                 "KVM could not enter the guest (hardware entry failure reason {reason:#x} on host CPU {cpu})\n{}",
                 assist::describe_state(&self.fd, &self.mem)
             ))),
-            VcpuExit::InternalError => self.internal_error(debug),
+            VcpuExit::InternalError => self.internal_error(debug, rerun_at),
             VcpuExit::Debug(arch) => {
                 let ours = |pc: u64| debug.sw_breakpoints.binary_search(&pc).is_ok();
                 match archdebug::classify_debug_exit(&arch, &debug.config, ours) {
@@ -527,7 +531,7 @@ impl Vcpu {
         }
     }
 
-    fn internal_error(&mut self, debug: &DebugState) -> Next {
+    fn internal_error(&mut self, debug: &mut DebugState, rerun_at: Option<u64>) -> Next {
         // SAFETY: after KVM_EXIT_INTERNAL_ERROR the `internal` member of the exit union is
         // the one KVM filled in.
         let (suberror, ndata) = unsafe {
@@ -538,12 +542,19 @@ impl Vcpu {
             && let Some(fault) = assist::fetch_fault(&self.fd, &self.mem)
         {
             let linear_rip = fault.linear_rip;
-            if assist::is_int3(&fault.bytes)
-                && debug.sw_breakpoints.binary_search(&linear_rip).is_ok()
-            {
+            match breakpoint_failure(&fault.bytes, linear_rip, &debug.sw_breakpoints, rerun_at) {
                 // This host reports int3 as an emulation failure; RIP is still at the int3,
                 // exactly where a debugger expects a software breakpoint stop.
-                return Next::DebugStop(DebugStop::SwBreak);
+                BreakpointFailure::Hit => return Next::DebugStop(DebugStop::SwBreak),
+                BreakpointFailure::Lifted => {
+                    debug!(
+                        "vCPU {}: breakpoint at {linear_rip:#x} lifted under its int3; running the instruction again",
+                        self.index
+                    );
+                    debug.rerun_after_lifted_int3 = Some(linear_rip);
+                    return Next::Continue;
+                }
+                BreakpointFailure::Unrelated => {}
             }
             match assist::emulate_unsupported(&self.fd, &fault) {
                 Ok(Some(insn)) => {
@@ -577,5 +588,90 @@ impl Vcpu {
             self.index,
             assist::describe_state(&self.fd, &self.mem)
         )))
+    }
+}
+
+/// How an emulation failure relates to the debugger's software breakpoints.
+#[derive(Debug, PartialEq, Eq)]
+enum BreakpointFailure {
+    /// The vCPU is on a planted int3: a breakpoint stop.
+    Hit,
+    /// The address of a planted breakpoint holds the original byte again: the int3 the vCPU
+    /// failed on was lifted before the exit was handled (GDB removes every breakpoint when
+    /// another vCPU stops). Running the instruction again is right; if the breakpoint is
+    /// back by then, the vCPU stops on it as usual.
+    Lifted,
+    /// Not the debugger's business.
+    Unrelated,
+}
+
+/// `insn`: the bytes at the failing `rip` now; `planted`: the sorted breakpoint addresses;
+/// `rerun_at`: where the previous exit already re-ran an instruction (a second failure in a
+/// row there is a real one).
+fn breakpoint_failure(
+    insn: &[u8],
+    rip: u64,
+    planted: &[u64],
+    rerun_at: Option<u64>,
+) -> BreakpointFailure {
+    if planted.binary_search(&rip).is_err() {
+        BreakpointFailure::Unrelated
+    } else if assist::is_int3(insn) {
+        BreakpointFailure::Hit
+    } else if rerun_at != Some(rip) {
+        BreakpointFailure::Lifted
+    } else {
+        BreakpointFailure::Unrelated
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INT3: &[u8] = &[0xcc, 0x90];
+    const AND_EDI: &[u8] = &[0x83, 0xe7, 0x3f];
+    const PLANTED: &[u64] = &[0x100060, 0x100080];
+
+    #[test]
+    fn failure_on_a_planted_int3_is_a_breakpoint_stop() {
+        assert_eq!(
+            breakpoint_failure(INT3, 0x100060, PLANTED, None),
+            BreakpointFailure::Hit
+        );
+        // Even right after a re-run there: the breakpoint is back.
+        assert_eq!(
+            breakpoint_failure(INT3, 0x100060, PLANTED, Some(0x100060)),
+            BreakpointFailure::Hit
+        );
+    }
+
+    #[test]
+    fn lifted_int3_reruns_once_then_counts_as_a_real_failure() {
+        assert_eq!(
+            breakpoint_failure(AND_EDI, 0x100060, PLANTED, None),
+            BreakpointFailure::Lifted
+        );
+        assert_eq!(
+            breakpoint_failure(AND_EDI, 0x100060, PLANTED, Some(0x100060)),
+            BreakpointFailure::Unrelated
+        );
+        assert_eq!(
+            breakpoint_failure(AND_EDI, 0x100080, PLANTED, Some(0x100060)),
+            BreakpointFailure::Lifted
+        );
+    }
+
+    #[test]
+    fn failures_away_from_planted_breakpoints_are_not_the_debuggers() {
+        // The guest's own int3 (delivered to the guest) and any other failure.
+        assert_eq!(
+            breakpoint_failure(INT3, 0x200000, PLANTED, None),
+            BreakpointFailure::Unrelated
+        );
+        assert_eq!(
+            breakpoint_failure(AND_EDI, 0x200000, &[], None),
+            BreakpointFailure::Unrelated
+        );
     }
 }

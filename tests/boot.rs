@@ -199,6 +199,106 @@ fn echo_reads_a_line_from_stdin() {
     out.assert_stdout_line("echo: hello minivmm");
 }
 
+// ---------------------------------------------------------------------------------------
+// A terminal on stdin: raw while the guest runs, restored however minivmm ends
+
+/// A pseudo-terminal pair (controller, device).
+fn openpty() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let (mut controller, mut device) = (-1, -1);
+    // SAFETY: openpty writes two fds into the locals; the other arguments may be null.
+    let r = unsafe {
+        libc::openpty(
+            &mut controller,
+            &mut device,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both fds are new and owned by nobody else.
+    unsafe {
+        (
+            FromRawFd::from_raw_fd(controller),
+            FromRawFd::from_raw_fd(device),
+        )
+    }
+}
+
+/// The terminal settings that raw mode changes.
+fn term_modes(fd: &std::os::fd::OwnedFd) -> [libc::tcflag_t; 4] {
+    use std::os::fd::AsRawFd;
+    // SAFETY: termios is plain data, filled by tcgetattr on success.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid fd and a valid termios to fill.
+    assert_eq!(unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut t) }, 0);
+    [t.c_iflag, t.c_oflag, t.c_cflag, t.c_lflag]
+}
+
+/// Runs echo.elf on a terminal, waits until it is ready, checks the terminal is raw, types
+/// `input`, and checks minivmm exits with `code` and leaves the terminal as it found it.
+fn echo_on_a_terminal(input: &[u8], code: i32) {
+    use std::io::Write;
+    let (controller, device) = openpty();
+    let before = term_modes(&device);
+    let mut child = std::process::Command::new(common::minivmm())
+        .args(["--kernel".as_ref(), guest("echo.elf").as_os_str()])
+        .env("RUST_LOG", "off")
+        .stdin(device.try_clone().unwrap())
+        .stdout(device.try_clone().unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting minivmm");
+    let mut reader = std::fs::File::from(controller.try_clone().unwrap());
+    let screen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = screen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut reader, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let shown = || String::from_utf8_lossy(&screen.lock().unwrap()).into_owned();
+    let deadline = Instant::now() + TIMEOUT;
+    while !shown().contains("echo: ready") {
+        assert!(Instant::now() < deadline, "no 'echo: ready': {:?}", shown());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let during = term_modes(&device);
+    assert_eq!(
+        during[3] & (libc::ICANON | libc::ECHO | libc::ISIG),
+        0,
+        "raw while the guest runs"
+    );
+    std::fs::File::from(controller).write_all(input).unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("minivmm did not exit; screen: {:?}", shown());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(code), "screen: {:?}", shown());
+    assert_eq!(term_modes(&device), before, "terminal restored");
+}
+
+#[test]
+fn terminal_is_raw_while_running_and_restored_after_a_reset() {
+    echo_on_a_terminal(b"hi\n", 0);
+}
+
+#[test]
+fn terminal_is_restored_after_ctrl_a_x() {
+    echo_on_a_terminal(b"\x01x", 5);
+}
+
 #[test]
 fn triple_fault_exits_3_and_says_so() {
     let out = boot("triple-fault.elf", &[]);
@@ -456,6 +556,41 @@ fn rejects_missing_initrd() {
     assert_setup_error(
         &["--kernel", &hello64(), "--initrd", missing.arg()],
         "initrd",
+    );
+}
+
+/// An initrd minivmm may not read: mode 000, and as root, run without the capabilities
+/// that bypass file permissions.
+#[test]
+fn rejects_unreadable_initrd() {
+    use std::os::unix::fs::PermissionsExt;
+    let initrd = TempPath::with_contents("unreadable", b"initrd");
+    std::fs::set_permissions(initrd.path(), std::fs::Permissions::from_mode(0o000)).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let wrapper: &[&str] = if root {
+        &["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"]
+    } else {
+        &[]
+    };
+    let kernel = hello64();
+    let mut vm = Vm::spawn_under(
+        wrapper,
+        ["--kernel", kernel.as_str(), "--initrd", initrd.arg()],
+        &[("RUST_LOG", "off")],
+    );
+    vm.close_stdin();
+    let out = vm.wait(TIMEOUT);
+    assert_not_crashed(&out);
+    out.assert_code(1);
+    let err = out.stderr_text();
+    assert_eq!(
+        err.lines().collect::<Vec<_>>(),
+        [format!(
+            "minivmm: error: cannot read initrd {}: Permission denied (os error 13)",
+            initrd.arg()
+        )],
+        "{out}"
     );
 }
 

@@ -158,12 +158,14 @@ fn sigterm_while_gdb_idle_closes_the_connection() {
 /// gdbtest-smp.elf: every CPU calls smp_work 3 times.
 const SMP_WORK_CALLS: usize = 3;
 
-/// Real GDB: `hbreak smp_work`, then `continue` until the guest ends; every thread must be
-/// reported exactly SMP_WORK_CALLS times ("Thread N hit Breakpoint 1, smp_work").
-fn smp_hbreak_with_gdb(cpus: usize) {
+/// Real GDB: `<break_cmd> smp_work` (`hbreak` or `break`), then `continue` until the guest
+/// ends; every thread must be reported exactly SMP_WORK_CALLS times ("Thread N hit
+/// Breakpoint 1, smp_work").
+fn smp_break_with_gdb(cpus: usize, break_cmd: &str) {
     let mut vmm = Vmm::start("gdbtest-smp.elf", &["--cpus", &cpus.to_string()]);
     let total = cpus * SMP_WORK_CALLS;
-    let mut cmds = vec!["hbreak smp_work"];
+    let set = format!("{break_cmd} smp_work");
+    let mut cmds = vec![set.as_str()];
     // One `continue` more than there are stops: it runs the guest to its end.
     cmds.extend(std::iter::repeat_n("continue", total + 1));
     let out = gdb(&vmm, &cmds);
@@ -195,12 +197,22 @@ fn smp_hbreak_with_gdb(cpus: usize) {
 
 #[test]
 fn smp_hbreak_every_stop_reported_once_gdb_2_cpus() {
-    smp_hbreak_with_gdb(2);
+    smp_break_with_gdb(2, "hbreak");
 }
 
 #[test]
 fn smp_hbreak_every_stop_reported_once_gdb_4_cpus() {
-    smp_hbreak_with_gdb(4);
+    smp_break_with_gdb(4, "hbreak");
+}
+
+/// Software breakpoints: GDB lifts every int3 when one vCPU stops, possibly while another
+/// vCPU is just hitting one; that vCPU must run the real instruction, not crash, and stop
+/// on the breakpoint once it is back.
+#[test]
+fn smp_sw_break_every_stop_reported_once_gdb_4_cpus() {
+    for _ in 0..3 {
+        smp_break_with_gdb(4, "break");
+    }
 }
 
 /// The same at the protocol level, doing what GDB does to get past a breakpoint at the

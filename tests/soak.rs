@@ -4,7 +4,8 @@
 //! minivmm process (from /proc) must come back to where they started, and at the end the
 //! guest still echoes a line and resets (exit status 0).
 //!
-//! Full counts: 10,000 breakpoint cycles, 10,000 steps, 1,000 attach/detach cycles.
+//! Full counts: 10,000 breakpoint cycles with a hardware and 10,000 with a software
+//! breakpoint, 10,000 steps, 1,000 attach/detach cycles.
 //! `MINIVMM_SOAK_SCALE` (a factor, default 1) scales them, e.g. 0.1 for a quick run or 10
 //! for a long one. The figures go to stderr as a table (`cargo test --test soak --
 //! --nocapture`).
@@ -166,31 +167,37 @@ fn soak_stop_continue_step_attach_detach() {
     }];
     let baseline = start;
 
-    // 1. Stop at a hardware breakpoint, continue past it as GDB does (remove it, step,
-    //    insert it again), over and over, in one session.
-    let t = Instant::now();
+    // 1. Stop at a breakpoint, continue past it as GDB does (remove it, step, insert it
+    //    again), over and over, in one session: a hardware one (Z1), then a software one
+    //    (Z0: an int3 written into guest memory and hidden from reads).
     let mut rsp = Rsp::connect(port);
     rsp.handshake(true);
-    let insert = format!("Z1,{bp:x},1");
-    let remove = format!("z1,{bp:x},1");
-    assert_eq!(rsp.ask(&insert), "OK");
-    for i in 0..bp_cycles {
-        let stop = rsp.resume("vCont;c");
-        assert_eq!(stop.trap_tid(), 1, "cycle {i}: {stop:?}");
-        if i % 1000 == 0 {
-            assert_eq!(rsp.reg(1, RIP), bp, "cycle {i}: not at the breakpoint");
+    for (kind, phase) in [
+        (1, "hw breakpoint stop/continue"),
+        (0, "sw breakpoint stop/continue"),
+    ] {
+        let t = Instant::now();
+        let insert = format!("Z{kind},{bp:x},1");
+        let remove = format!("z{kind},{bp:x},1");
+        assert_eq!(rsp.ask(&insert), "OK");
+        for i in 0..bp_cycles {
+            let stop = rsp.resume("vCont;c");
+            assert_eq!(stop.trap_tid(), 1, "{phase} {i}: {stop:?}");
+            if i % 1000 == 0 {
+                assert_eq!(rsp.reg(1, RIP), bp, "{phase} {i}: not at the breakpoint");
+            }
+            assert_eq!(rsp.ask(&remove), "OK");
+            assert_eq!(rsp.resume("vCont;s:p1.1").trap_tid(), 1, "{phase} {i}");
+            assert_eq!(rsp.ask(&insert), "OK");
         }
         assert_eq!(rsp.ask(&remove), "OK");
-        assert_eq!(rsp.resume("vCont;s:p1.1").trap_tid(), 1, "cycle {i}");
-        assert_eq!(rsp.ask(&insert), "OK");
+        rows.push(Row {
+            phase,
+            cycles: bp_cycles,
+            secs: t.elapsed().as_secs_f64(),
+            usage: usage(pid),
+        });
     }
-    assert_eq!(rsp.ask(&remove), "OK");
-    rows.push(Row {
-        phase: "breakpoint stop/continue",
-        cycles: bp_cycles,
-        secs: t.elapsed().as_secs_f64(),
-        usage: usage(pid),
-    });
 
     // 2. Single-steps (same session), staying in the polling loop.
     let t = Instant::now();

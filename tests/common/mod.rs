@@ -179,7 +179,24 @@ impl Vm {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut cmd = Command::new(minivmm());
+        Vm::spawn_under(&[], args, env)
+    }
+
+    /// [`Vm::spawn`] through a `wrapper` command line (e.g. `setpriv ...`) that runs
+    /// minivmm as its last argument.
+    pub fn spawn_under<I, S>(wrapper: &[&str], args: I, env: &[(&str, &str)]) -> Vm
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut c = Command::new(program);
+                c.args(wrapper_args).arg(minivmm());
+                c
+            }
+            None => Command::new(minivmm()),
+        };
         cmd.args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::piped())

@@ -3,7 +3,7 @@
 //! harnesses are coverage-free but structure-aware, starting from real inputs.
 //!
 //! Environment:
-//! - `MINIVMM_FUZZ_SECS` (default 10): seconds per target.
+//! - `MINIVMM_FUZZ_SECS` (default 60, a minute as CI runs it): seconds per target.
 //! - `MINIVMM_FUZZ_SEED` (decimal or 0x-hex): the first case's seed; case `i` uses
 //!   `seed + i`, so the seed a failure prints replays that exact case first.
 //! - `MINIVMM_FUZZ_CASES`: stop after this many cases (1 replays just the failing one).
@@ -153,7 +153,7 @@ pub fn budget() -> Duration {
         .ok()
         .and_then(|s| s.trim().parse::<f64>().ok())
         .filter(|s| s.is_finite() && *s >= 0.0)
-        .unwrap_or(10.0);
+        .unwrap_or(60.0);
     Duration::from_secs_f64(secs)
 }
 
