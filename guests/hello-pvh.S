@@ -4,6 +4,9 @@
  */
 #include "defs.h"
 
+#define UNCLAIMED_PORT  0x2f0
+#define UNCLAIMED_MMIO  0xd0000000      /* in the 32-bit MMIO hole, below the I/O APIC */
+
         .intel_syntax noprefix
         .code32
         .text
@@ -46,6 +49,22 @@ FUNC(_start)
         call    serial_puts32
 3:      call    serial_newline32
 
+        /* Nothing answers here: an absent port and absent MMIO read as all ones. */
+        mov     eax, offset msg_port
+        call    serial_puts32
+        mov     edx, UNCLAIMED_PORT
+        in      al, dx
+        out     dx, al
+        movzx   eax, al
+        call    serial_putdec32
+        call    serial_newline32
+        mov     eax, offset msg_mmio
+        call    serial_puts32
+        mov     eax, [UNCLAIMED_MMIO]
+        mov     [UNCLAIMED_MMIO], eax
+        call    serial_putdec32
+        call    serial_newline32
+
         jmp     i8042_reset32
 END(_start)
 
@@ -57,6 +76,8 @@ msg_magic_ok:   .asciz "pvh start_info magic ok"
 msg_magic_bad:  .asciz "pvh start_info magic BAD"
 msg_memmap:     .asciz "pvh memmap entries: "
 msg_cmdline:    .asciz "cmdline: "
+msg_port:       .asciz "unclaimed port reads "
+msg_mmio:       .asciz "unclaimed mmio reads "
 
         .bss
         .balign 16

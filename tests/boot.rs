@@ -118,6 +118,26 @@ fn pvh_start_info_has_magic_memmap_and_cmdline() {
     out.assert_stdout_line("cmdline: pvh cmdline=1");
 }
 
+/// Accesses nothing claims: reads give all ones (as on an empty ISA bus), writes vanish,
+/// and both are logged at debug level.
+#[test]
+fn unclaimed_port_and_mmio_read_all_ones_and_are_logged() {
+    let args = ["--kernel", &guest("hello-pvh.elf").display().to_string()];
+    let out = run_env(args, &[("RUST_LOG", "minivmm=debug")], b"", TIMEOUT);
+    out.assert_code(0);
+    out.assert_stdout_line("unclaimed port reads 255");
+    out.assert_stdout_line("unclaimed mmio reads 4294967295");
+    let log = out.stderr_text();
+    for line in [
+        "vCPU 0: in from unclaimed port 0x2f0",
+        "vCPU 0: out [ff] to unclaimed port 0x2f0",
+        "vCPU 0: read of unclaimed MMIO 0xd0000000",
+        "vCPU 0: write to unclaimed MMIO 0xd0000000",
+    ] {
+        assert!(log.contains(line), "log has {line:?}\n{out}");
+    }
+}
+
 #[test]
 fn pvh_memmap_with_4g_has_ram_above_4g_as_fourth_entry() {
     let out = boot_ok("hello-pvh.elf", &["--mem", "4096"]);
