@@ -292,6 +292,9 @@ fn hostile_packets_answered_and_memory_unchanged() {
         "vMustReplyEmpty",
         "QFoo:bar",
         "X100000,0:",
+        // Binary reads (`x`, GDB 16): unsupported, or an error for a range that cannot be.
+        "x1000,10",
+        "x0,ffffffffffffffff",
     ];
     for junk in &batch {
         let reply = rsp.packet(junk);
@@ -506,4 +509,206 @@ fn hostile_continue_on_missing_thread() {
     }
     drop(rsp);
     let _ = vmm.wait_exit(Duration::from_secs(10));
+}
+
+/// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`).
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| {
+            let v = l.strip_prefix(field)?.strip_prefix(':')?;
+            v.trim().strip_suffix(" kB")?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no {field} in\n{status}"))
+}
+
+/// Reads until the stub closes the connection (end of file or reset); panics if it is still
+/// open after `timeout`.
+fn expect_closed(stream: &mut TcpStream, timeout: Duration, what: &str) {
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!(
+                    "the stub kept the connection open {:?} after {what}",
+                    start.elapsed()
+                )
+            }
+            Err(_) => return, // reset
+        }
+    }
+}
+
+/// Waits (at most REPLY_TIMEOUT) for minivmm to log `text`: a dropped session is logged
+/// after its socket is closed.
+#[track_caller]
+fn expect_log(vmm: &Vmm, text: &str) {
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    while !vmm.log().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} in the log\n{}",
+            vmm.describe()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `$` and then tens of MiB without `#`: minivmm's memory must not grow with the packet. The
+/// stub drops the connection once the packet outgrows its buffer, and serves the next client.
+#[test]
+fn hostile_endless_packet_memory_bounded() {
+    const ENDLESS: usize = 64 << 20;
+    const MAX_GROWTH_KIB: u64 = 20 << 10;
+    let mut vmm = Vmm::start("echo.elf", &[]);
+    let mut rsp = Rsp::connect(vmm.port);
+    rsp.packet_size();
+    let pid = vmm.pid();
+    let rss_before = proc_status_kib(pid, "VmRSS");
+    // Peak RSS from here on: "5" resets the high-water mark to the current RSS.
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("resetting VmHWM");
+
+    let mut out = rsp.stream.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        // Fails once the stub closes the connection.
+        let chunk = vec![b'a'; 1 << 20];
+        let mut sent = 0;
+        if out.write_all(b"$").is_ok() {
+            while sent < ENDLESS && out.write_all(&chunk).is_ok() {
+                sent += chunk.len();
+            }
+        }
+        sent
+    });
+    let sent = writer.join().unwrap();
+    let growth = proc_status_kib(pid, "VmHWM").saturating_sub(rss_before);
+    assert!(
+        growth < MAX_GROWTH_KIB,
+        "minivmm's RSS grew by {growth} KiB on a packet of {sent} bytes"
+    );
+    assert!(
+        sent < ENDLESS,
+        "the stub took all {sent} bytes of one packet"
+    );
+    expect_closed(&mut rsp.stream, REPLY_TIMEOUT, "an endless packet");
+    expect_log(&vmm, "oversized packet");
+
+    let mut rsp = rsp.alive(&mut vmm, "an endless packet");
+    let regs = rsp.ask("g");
+    assert!(!is_error(&regs) && !regs.is_empty(), "g: {regs:?}");
+}
+
+/// minivmm's `STALL_TIMEOUT`: how long a packet may stall halfway.
+const STALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A client that sends half a packet and then nothing must not keep the next client waiting
+/// (one client is served at a time): the stub closes it after its stall timeout. A client
+/// quiet between packets, at a stop or while the VM runs, is not timed out.
+#[test]
+fn hostile_half_packet_times_out() {
+    let vmm = Vmm::start("echo.elf", &[]);
+    let mut a = Rsp::connect(vmm.port);
+    a.packet_size();
+    a.stream.write_all(b"$m1000").unwrap();
+    let mut b = Rsp::connect(vmm.port);
+    b.stream.write_all(&frame(b"?")).unwrap();
+    expect_closed(
+        &mut a.stream,
+        STALL_TIMEOUT + REPLY_TIMEOUT,
+        "half a packet",
+    );
+    expect_log(&vmm, "part of a packet");
+    // B's `?` waited for A; now it is answered.
+    let stop = b.read_reply(b"?");
+    assert!(
+        matches!(&stop, Reply::Packet(p) if p.starts_with('T')),
+        "{stop:?}"
+    );
+    let regs = b.ask("g");
+    assert!(!is_error(&regs) && !regs.is_empty(), "g: {regs:?}");
+
+    // Quiet at a stop, then while the VM runs (echo.elf waits for input): still connected.
+    std::thread::sleep(STALL_TIMEOUT + Duration::from_secs(1));
+    assert!(b.ask("?").starts_with('T'), "{}", vmm.describe());
+    b.stream.write_all(&frame(b"c")).unwrap();
+    std::thread::sleep(STALL_TIMEOUT + Duration::from_secs(1));
+    let stop = b.raw(b"\x03");
+    assert!(
+        matches!(&stop, Reply::Packet(p) if p.starts_with('T')),
+        "Ctrl-C after a long run: {stop:?}\n{}",
+        vmm.describe()
+    );
+}
+
+/// Thread ids that do not exist (vCPU threads are 1..=N): packets naming one are refused and
+/// change nothing. gdbstub 0.7 answers `Hg`/`Hc` itself (with OK, the target has no say), so
+/// there what counts is that nothing can be read through the missing thread and the real one,
+/// selected again, is as it was. gdbstub treats a refused resume action as fatal, so a resume
+/// of a missing thread may end the session instead (as a disconnect would); it must not hang
+/// nor change guest memory.
+#[test]
+fn hostile_missing_thread_ids_refused() {
+    let mut vmm = Vmm::start("echo.elf", &[]);
+    let read_loop = symbol_addr(&vmm.guest, "read_loop");
+    let mut rsp = Rsp::connect(vmm.port);
+    rsp.packet_size();
+    assert_eq!(rsp.ask("Hg1"), "OK");
+    let mut regs = rsp.ask("g");
+    let code = rsp.read_mem(read_loop, 64);
+    let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    assert_eq!(rsp.ask("qThreadExtraInfo,1"), hex("vCPU 0"));
+
+    for p in ["qThreadExtraInfo,999", "qThreadExtraInfo,p1.999", "T999"] {
+        let r = rsp.ask(p);
+        assert!(r.is_empty() || is_error(&r), "{p:?} was accepted: {r:?}");
+    }
+    for p in ["Hg999", "Hc999"] {
+        let r = rsp.ask(p);
+        assert!(r == "OK" || is_error(&r), "{p}: {r:?}");
+    }
+    for p in ["g", "p10", &format!("m{read_loop:x},4")] {
+        let r = rsp.ask(p);
+        assert!(is_error(&r), "{p:?} on thread 999 was answered: {r:?}");
+    }
+    assert_eq!(rsp.ask("Hg1"), "OK");
+    assert_eq!(rsp.ask("g"), regs, "registers changed");
+    assert_eq!(rsp.read_mem(read_loop, 64), code, "code changed");
+
+    // `c` resumes the thread `Hc` chose.
+    for (select, resume) in [(None, "vCont;c:999"), (Some("Hc999"), "c")] {
+        if let Some(p) = select {
+            let r = rsp.ask(p);
+            assert!(r == "OK" || is_error(&r), "{p}: {r:?}");
+        }
+        match rsp.packet(resume) {
+            Reply::Packet(r) => {
+                assert!(is_error(&r), "{resume:?} was accepted: {r:?}");
+                assert_eq!(rsp.ask("g"), regs, "{resume:?} changed the registers");
+            }
+            Reply::Dropped => {
+                // The VM ran on, as after any disconnect.
+                assert!(vmm.running(), "{}", vmm.describe());
+                rsp = Rsp::connect(vmm.port);
+                rsp.packet_size();
+                assert_eq!(rsp.ask("Hg1"), "OK");
+                regs = rsp.ask("g");
+            }
+        }
+    }
+    assert_eq!(rsp.read_mem(read_loop, 64), code, "code changed");
+    assert_eq!(rsp.ask("D"), "OK");
+    drop(rsp);
+    vmm.send_input("still here\n");
+    vmm.expect_exit(0);
+    assert!(
+        vmm.serial().contains("echo: still here"),
+        "{}",
+        vmm.describe()
+    );
 }

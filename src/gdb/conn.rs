@@ -28,6 +28,35 @@ const READ_BUFFER: usize = 64 * 1024;
 /// is spent per packet, and only while GDB is talking.
 const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(150);
 
+/// How long a packet may stall halfway (after its `$`, before its checksum) before the
+/// connection is dropped. GDB sends a packet in one piece, so a sender that stops mid-packet
+/// is gone or hostile, and only one client is served at a time: it would lock out the next
+/// one. Quiet between packets is fine (GDB may sit at a stop for hours).
+const STALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the input is in RSP framing, as gdbstub reads it: between packets, or in one (its
+/// body, or the checksum digits after `#`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Framing {
+    #[default]
+    Between,
+    Body,
+    Checksum1,
+    Checksum2,
+}
+
+impl Framing {
+    fn next(self, b: u8) -> Framing {
+        match (self, b) {
+            (Framing::Between, b'$') => Framing::Body,
+            (Framing::Body, b'#') => Framing::Checksum1,
+            (Framing::Body, _) => Framing::Body,
+            (Framing::Checksum1, _) => Framing::Checksum2,
+            (Framing::Between | Framing::Checksum2, _) => Framing::Between,
+        }
+    }
+}
+
 /// Polls `ready` until it has something or `SPIN_BEFORE_SLEEP` is over (then `None`: the
 /// caller blocks instead).
 pub(super) fn spin_briefly<T>(
@@ -51,6 +80,7 @@ pub struct BufferedConn {
     inbuf: Box<[u8]>,
     start: usize,
     end: usize,
+    framing: Framing,
     guard: WriteGuard,
 }
 
@@ -62,6 +92,7 @@ impl BufferedConn {
             inbuf: vec![0; READ_BUFFER].into_boxed_slice(),
             start: 0,
             end: 0,
+            framing: Framing::default(),
             guard: WriteGuard::default(),
         }
     }
@@ -72,10 +103,24 @@ impl BufferedConn {
         self.start < self.end
     }
 
-    /// Blocks until the socket has data (or EOF, which is an error).
+    /// How long a wait for input may last, as poll(2) takes it: forever (-1) between
+    /// packets, `STALL_TIMEOUT` in the middle of one.
+    pub fn input_timeout_ms(&self) -> i32 {
+        if self.framing == Framing::Between {
+            -1
+        } else {
+            STALL_TIMEOUT.as_millis() as i32
+        }
+    }
+
+    /// Blocks until the socket has data (or EOF, which is an error), or a packet stalled.
     fn fill(&mut self) -> io::Result<()> {
         if spin_briefly(|| self.fill_nonblocking())?.is_some() {
             return Ok(());
+        }
+        let timeout = self.input_timeout_ms();
+        if timeout >= 0 && super::poll_ready([self.as_raw_fd()], timeout)? == [false] {
+            return Err(stalled());
         }
         let n = loop {
             match Read::read(&mut self.stream, &mut self.inbuf) {
@@ -119,6 +164,14 @@ impl BufferedConn {
         self.end = n;
         Ok(())
     }
+}
+
+/// The error that drops a connection whose packet stalled halfway.
+pub(super) fn stalled() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("GDB sent part of a packet and then nothing for {STALL_TIMEOUT:?}"),
+    )
 }
 
 /// A session's end: what gdbstub wrote last (a `W`/`X` reply) must reach GDB. Closing a socket
@@ -183,6 +236,7 @@ impl ConnectionExt for BufferedConn {
         }
         let b = self.inbuf[self.start];
         self.start += 1;
+        self.framing = self.framing.next(b);
         self.guard.check(b)?;
         Ok(b)
     }

@@ -226,14 +226,18 @@ pub enum SessionError {
 }
 
 /// Runs one connection to its end. This is gdbstub's blocking loop, with a wait that watches
-/// the socket and the vCPUs' stop notifications together (poll(2), no timeouts).
+/// the socket and the vCPUs' stop notifications together (poll(2); the only timeout is for
+/// a packet that stalls halfway, see `conn::STALL_TIMEOUT`).
 fn run_session<C: SessionConn>(
     target: &mut GdbTarget,
     conn: C,
 ) -> Result<DisconnectReason, SessionError> {
     target.attach()?;
+    // A buffer of our own: gdbstub's default one grows with every byte of a packet that
+    // never ends. With a fixed one, an oversized packet ends the session instead.
+    let mut packet_buffer = vec![0; PACKET_BUFFER_SIZE];
     let gdb = GdbStubBuilder::new(conn)
-        .packet_buffer_size(PACKET_BUFFER_SIZE)
+        .with_packet_buffer(&mut packet_buffer)
         .build()
         .map_err(|e| io::Error::other(e.to_string()))?;
     let mut machine = gdb.run_state_machine(target)?;
@@ -288,7 +292,8 @@ pub enum Waited {
     Stopped(MultiThreadStopReason<u64>),
 }
 
-/// Blocks until the socket has a byte or the wake eventfd fires.
+/// Blocks until the socket has a byte or the wake eventfd fires (or a packet GDB started
+/// stalls: an error).
 fn poll_two(conn: &BufferedConn, wake: &EventFd) -> io::Result<(bool, bool)> {
     if conn.has_buffered_input() {
         return Ok((true, false));
@@ -302,8 +307,11 @@ fn poll_two(conn: &BufferedConn, wake: &EventFd) -> io::Result<(bool, bool)> {
     match ready {
         Some(r) => Ok(r),
         None => {
-            let [data, woke] = poll_ready(fds, -1)?;
-            Ok((data, woke))
+            let timeout = conn.input_timeout_ms();
+            match poll_ready(fds, timeout)? {
+                [false, false] if timeout >= 0 => Err(conn::stalled()),
+                [data, woke] => Ok((data, woke)),
+            }
         }
     }
 }

@@ -583,7 +583,12 @@ impl MultiThreadBase for GdbTarget {
 
 impl ThreadExtraInfo for GdbTarget {
     fn thread_extra_info(&self, tid: Tid, buf: &mut [u8]) -> Result<usize, Self::Error> {
-        let text = format!("vCPU {}", tid.get() - 1);
+        // No text (an empty reply) for a thread that does not exist: gdbstub has no non-fatal
+        // error here, and an error would end the session.
+        let Ok(cpu) = self.cpu_of(tid) else {
+            return Ok(0);
+        };
+        let text = format!("vCPU {cpu}");
         let n = text.len().min(buf.len());
         buf[..n].copy_from_slice(&text.as_bytes()[..n]);
         Ok(n)

@@ -133,6 +133,11 @@ impl Vmm {
         panic!("minivmm could not start its GDB stub; last log:\n{last_log}");
     }
 
+    /// minivmm's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What the guest printed on its serial port so far.
     pub fn serial(&self) -> String {
         self.stdout.text()
