@@ -83,6 +83,7 @@ impl<T: Trigger> AcpiPm<T> {
 }
 
 fn fire<T: Trigger>(trigger: &T, what: &str) {
+    log::debug!("ACPI: the guest asked for {what}");
     if trigger.trigger().is_err() {
         log::error!("ACPI: could not deliver the guest's {what} request");
     }
