@@ -270,12 +270,10 @@ fn hostile_packets_answered_and_memory_unchanged() {
         "P99=00000000",
         "Pffff=00",
         "p99",
-        // Threads that do not exist, then back to a real one.
-        "Hg999",
-        "g",
-        "m100000,4",
-        "Hg0",
+        // A thread that does not exist (selecting one drops the connection: see
+        // hostile_missing_thread_ids_refused), and "any thread".
         "T999",
+        "Hg0",
         // Breakpoint kinds x86 does not have; removing what is not there.
         "Z9,100000,1",
         // Watchpoints of odd sizes are legitimate (GDB watches structs): they may be taken
@@ -301,8 +299,6 @@ fn hostile_packets_answered_and_memory_unchanged() {
         match (&reply, *junk) {
             // Real-thread selections are fine.
             (Reply::Packet(p), "Hg0") => assert_eq!(p, "OK"),
-            // Accepting a thread id that is not there is tolerated, but using it must fail.
-            (Reply::Packet(p), "Hg999") => assert!(p == "OK" || is_error(p), "{p}"),
             (Reply::Packet(p), "X100000,0:") => assert!(p == "OK" || p.is_empty() || is_error(p)),
             (
                 Reply::Packet(p),
@@ -499,8 +495,9 @@ fn hostile_continue_on_missing_thread() {
     let mut vmm = Vmm::start("gdbtest.elf", &[]);
     let mut rsp = Rsp::connect(vmm.port);
     rsp.packet_size();
-    let sel = rsp.ask("Hc999");
-    if sel == "OK" {
+    // minivmm drops the connection at `Hc999`; were it accepted, `c` must still be refused.
+    if let Reply::Packet(sel) = rsp.packet("Hc999") {
+        assert!(sel == "OK" || is_error(&sel), "{sel}");
         // read_reply panics if no answer comes within REPLY_TIMEOUT.
         match rsp.packet("c") {
             Reply::Dropped => {}
@@ -646,12 +643,11 @@ fn hostile_half_packet_times_out() {
     );
 }
 
-/// Thread ids that do not exist (vCPU threads are 1..=N): packets naming one are refused and
-/// change nothing. gdbstub 0.7 answers `Hg`/`Hc` itself (with OK, the target has no say), so
-/// there what counts is that nothing can be read through the missing thread and the real one,
-/// selected again, is as it was. gdbstub treats a refused resume action as fatal, so a resume
-/// of a missing thread may end the session instead (as a disconnect would); it must not hang
-/// nor change guest memory.
+/// Thread ids that do not exist (vCPU threads are 1..=N): packets naming one get an error or
+/// the empty reply, or end the session, and change nothing. gdbstub 0.7 would answer `Hg`/`Hc`
+/// itself with OK, so minivmm drops the connection at such a selection; it treats a refused
+/// resume action as fatal, so `vCont;c:999` ends the session too (as a disconnect would). None
+/// may hang or change guest memory.
 #[test]
 fn hostile_missing_thread_ids_refused() {
     let mut vmm = Vmm::start("echo.elf", &[]);
@@ -668,35 +664,23 @@ fn hostile_missing_thread_ids_refused() {
         let r = rsp.ask(p);
         assert!(r.is_empty() || is_error(&r), "{p:?} was accepted: {r:?}");
     }
-    for p in ["Hg999", "Hc999"] {
-        let r = rsp.ask(p);
-        assert!(r == "OK" || is_error(&r), "{p}: {r:?}");
+    // Thread 0 ("any") and -1 ("all") are valid selections.
+    for p in ["Hg0", "Hc-1", "Hgp1.1"] {
+        assert_eq!(rsp.ask(p), "OK", "{p}");
     }
-    for p in ["g", "p10", &format!("m{read_loop:x},4")] {
-        let r = rsp.ask(p);
-        assert!(is_error(&r), "{p:?} on thread 999 was answered: {r:?}");
-    }
-    assert_eq!(rsp.ask("Hg1"), "OK");
-    assert_eq!(rsp.ask("g"), regs, "registers changed");
-    assert_eq!(rsp.read_mem(read_loop, 64), code, "code changed");
-
-    // `c` resumes the thread `Hc` chose.
-    for (select, resume) in [(None, "vCont;c:999"), (Some("Hc999"), "c")] {
-        if let Some(p) = select {
-            let r = rsp.ask(p);
-            assert!(r == "OK" || is_error(&r), "{p}: {r:?}");
-        }
-        match rsp.packet(resume) {
+    // Selecting a missing thread (gdbstub would say OK) or resuming one drops the
+    // connection; nothing changes and the VM runs on, as after any disconnect.
+    for p in ["Hg999", "Hc999", "Hgp1.999", "vCont;c:999"] {
+        match rsp.packet(p) {
             Reply::Packet(r) => {
-                assert!(is_error(&r), "{resume:?} was accepted: {r:?}");
-                assert_eq!(rsp.ask("g"), regs, "{resume:?} changed the registers");
+                assert!(is_error(&r), "{p:?} was accepted: {r:?}");
+                assert_eq!(rsp.ask("g"), regs, "{p:?} changed the registers");
             }
             Reply::Dropped => {
-                // The VM ran on, as after any disconnect.
                 assert!(vmm.running(), "{}", vmm.describe());
                 rsp = Rsp::connect(vmm.port);
                 rsp.packet_size();
-                assert_eq!(rsp.ask("Hg1"), "OK");
+                assert_eq!(rsp.ask("Hg1"), "OK", "after {p:?}");
                 regs = rsp.ask("g");
             }
         }

@@ -81,11 +81,12 @@ pub struct BufferedConn {
     start: usize,
     end: usize,
     framing: Framing,
-    guard: WriteGuard,
+    guard: PacketGuard,
 }
 
 impl BufferedConn {
-    pub fn new(stream: TcpStream) -> Self {
+    /// A connection to a VM with `threads` vCPUs (GDB threads 1..=threads).
+    pub fn new(stream: TcpStream, threads: usize) -> Self {
         BufferedConn {
             stream,
             out: Vec::with_capacity(4096),
@@ -93,7 +94,7 @@ impl BufferedConn {
             start: 0,
             end: 0,
             framing: Framing::default(),
-            guard: WriteGuard::default(),
+            guard: PacketGuard::new(threads),
         }
     }
 
@@ -315,20 +316,29 @@ impl SessionConn for MemConn<'_> {
     }
 }
 
-/// Watches the packets going to gdbstub for memory writes whose length field disagrees with
-/// their data. gdbstub 0.7 writes the data and ignores the length; such a packet can only come
-/// from a broken or hostile client, so the connection is dropped before gdbstub sees the end
-/// of it and no guest byte changes.
-#[derive(Default)]
-pub struct WriteGuard {
+/// Watches the packets going to gdbstub for two kinds it would act on without checking:
+/// memory writes whose length field disagrees with their data (gdbstub 0.7 writes the data
+/// and ignores the length), and thread selections (`Hg`, `Hc`) that name a thread that does
+/// not exist (gdbstub answers OK). Only a broken or hostile client sends either, so the
+/// connection is dropped before gdbstub sees the end of the packet, and nothing changes.
+pub struct PacketGuard {
     in_packet: bool,
     body: Vec<u8>,
+    threads: usize,
 }
 
 /// Packets longer than this are not kept: they are not memory writes GDB would send.
 const GUARD_MAX_BODY: usize = 0x4_0000;
 
-impl WriteGuard {
+impl PacketGuard {
+    pub fn new(threads: usize) -> Self {
+        PacketGuard {
+            in_packet: false,
+            body: Vec::new(),
+            threads,
+        }
+    }
+
     /// Sees one incoming byte; an error means "drop the connection".
     pub fn check(&mut self, b: u8) -> io::Result<()> {
         if !self.in_packet {
@@ -345,11 +355,37 @@ impl WriteGuard {
             return Ok(());
         }
         self.in_packet = false;
-        match write_length_mismatch(&self.body) {
+        match write_length_mismatch(&self.body).or_else(|| unknown_thread(&self.body, self.threads))
+        {
             Some(why) => Err(io::Error::new(io::ErrorKind::InvalidData, why)),
             None => Ok(()),
         }
     }
+}
+
+/// For an `Hg`/`Hc` packet body that names a thread other than 1..=`threads`, says which.
+/// Thread 0 ("any") and -1 ("all") are fine, and malformed ids are gdbstub's to refuse.
+pub fn unknown_thread(body: &[u8], threads: usize) -> Option<String> {
+    let op = *body.get(1)?;
+    if body.first() != Some(&b'H') || !matches!(op, b'g' | b'c') {
+        return None;
+    }
+    let id = std::str::from_utf8(&body[2..]).ok()?;
+    // The multiprocess form p<pid>.<tid>: the process is gdbstub's business.
+    let tid = match id.strip_prefix('p') {
+        Some(pid_tid) => pid_tid.split_once('.')?.1,
+        None => id,
+    };
+    if tid == "-1" {
+        return None;
+    }
+    let n = u64::from_str_radix(tid, 16).ok()?;
+    (n > threads as u64).then(|| {
+        format!(
+            "H{} selects thread {tid}, but the VM has threads 1 to {threads}",
+            op as char
+        )
+    })
 }
 
 /// For an `M`/`X` packet body whose data length differs from its length field, says how.
@@ -392,7 +428,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
-        (BufferedConn::new(server), client)
+        (BufferedConn::new(server, 1), client)
     }
 
     #[test]
@@ -410,13 +446,27 @@ mod tests {
             "reads are not checked"
         );
         assert!(write_length_mismatch(b"M100000,ffffffffffffffff:00").is_some());
+    }
+
+    #[test]
+    fn thread_selections_must_name_a_vcpu() {
+        for ok in [
+            "Hg1", "Hc2", "Hg0", "Hc-1", "Hgp1.2", "Hcp1.-1", "Hg00", "g", "m0,1",
+        ] {
+            assert_eq!(unknown_thread(ok.as_bytes(), 2), None, "{ok}");
+        }
+        for bad in ["Hg3", "Hc999", "Hgp1.3", "Hgffffffffffffffff"] {
+            assert!(unknown_thread(bad.as_bytes(), 2).is_some(), "{bad}");
+        }
+        // Malformed ids are left to gdbstub, which refuses them itself.
+        assert_eq!(unknown_thread(b"Hgzz", 2), None);
         assert!(write_length_mismatch(b"M100000,1:00000000").is_some());
         assert!(
             write_length_mismatch(b"M100000,2:001").is_some(),
             "odd hex digits"
         );
         assert!(write_length_mismatch(b"X100000,zz:ab").is_some());
-        let mut g = WriteGuard::default();
+        let mut g = PacketGuard::new(1);
         assert!(b"+$M1,1:00#".iter().all(|&b| g.check(b).is_ok()));
         assert!(b"$M1,2:00".iter().all(|&b| g.check(b).is_ok()));
         assert!(

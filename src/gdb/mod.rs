@@ -146,7 +146,8 @@ fn serve(
             }
         };
         attached.store(true, Ordering::SeqCst);
-        let reason = run_session(&mut target, BufferedConn::new(stream));
+        let conn = BufferedConn::new(stream, target.vcpu_count());
+        let reason = run_session(&mut target, conn);
         attached.store(false, Ordering::SeqCst);
         match after_session(&mut target, &reason) {
             AfterSession::Killed => return,

@@ -130,6 +130,11 @@ impl GdbTarget {
         self.vm_ended
     }
 
+    /// How many vCPUs, so GDB threads 1..=n, there are.
+    pub fn vcpu_count(&self) -> usize {
+        self.vcpus.len()
+    }
+
     fn cpu_of(&self, tid: Tid) -> TargetResult<usize, Self> {
         let cpu = tid.get() - 1;
         if cpu < self.vcpus.len() {
