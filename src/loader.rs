@@ -17,7 +17,7 @@ use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 use crate::arch::boot::BootEntry;
 use crate::arch::layout::{CMDLINE, CMDLINE_MAX, HIMEM_START, PVH_START_INFO, ZERO_PAGE};
-use crate::memory::{E820Entry, GuestMem};
+use crate::memory::{E820Entry, E820Kind, GuestMem};
 
 #[derive(Debug, Error)]
 pub enum LoaderError {
@@ -186,7 +186,13 @@ pub fn read_images(kernel: &Path, initrd: Option<&Path>, mem_bytes: u64) -> Resu
 
 /// Loads the kernel (and initrd) into `mem` and writes the boot information.
 pub fn load(mem: &GuestMem, spec: &BootSpec) -> Result<LoadedKernel> {
-    let images = read_images(spec.kernel, spec.initrd, spec.low_ram_end)?;
+    let ram: u64 = spec
+        .e820
+        .iter()
+        .filter(|e| e.kind == E820Kind::Ram)
+        .map(|e| e.size)
+        .sum();
+    let images = read_images(spec.kernel, spec.initrd, ram.max(spec.low_ram_end))?;
     load_image(mem, spec, &images.kernel, images.initrd.as_deref())
 }
 

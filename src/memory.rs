@@ -77,18 +77,21 @@ fn host_memory_mib() -> Option<u64> {
     Some((kib("MemTotal:")? + kib("SwapTotal:").unwrap_or(0)) / 1024)
 }
 
-/// Allocates guest RAM (anonymous, private, not touched until the guest uses it).
-pub fn create_guest_memory(mem_mib: u64) -> Result<GuestMem, MemoryError> {
-    // The mapping itself would succeed (it is not reserved up front); the guest would be
-    // killed later, at the worst moment. Refuse now instead.
-    if let Some(host) = host_memory_mib()
-        && mem_mib > host
-    {
-        return Err(MemoryError::MoreThanHost {
+/// Refuses more guest RAM than the host has (RAM plus swap). Mapping it would succeed (it is
+/// not reserved up front); the guest would be killed later, at the worst moment.
+pub fn check_fits_host(mem_mib: u64) -> Result<(), MemoryError> {
+    match host_memory_mib() {
+        Some(host) if mem_mib > host => Err(MemoryError::MoreThanHost {
             asked: mem_mib,
             host,
-        });
+        }),
+        _ => Ok(()),
     }
+}
+
+/// Allocates guest RAM (anonymous, private, not touched until the guest uses it).
+pub fn create_guest_memory(mem_mib: u64) -> Result<GuestMem, MemoryError> {
+    check_fits_host(mem_mib)?;
     let ranges: Vec<(GuestAddress, usize)> = ram_ranges(mem_mib)?
         .into_iter()
         .map(|(start, size)| (GuestAddress(start), size as usize))

@@ -400,7 +400,9 @@ fn tell_debugger_vm_ended(gdb: &GdbServer, channel: &DebugChannel, outcome: &Out
 pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
     let signals = block_forwarded_signals();
     let ranges = memory::ram_ranges(config.mem_mib)?;
-    // Bad files are the likeliest mistake: report them before touching KVM.
+    memory::check_fits_host(config.mem_mib)?;
+    // Bad files are the likeliest mistake: report them before touching KVM. Reads stop at
+    // the guest's size, which fits the host: a device like /dev/zero cannot exhaust it.
     let mem_bytes = config.mem_mib.saturating_mul(1 << 20);
     let images = loader::read_images(&config.kernel, config.initrd.as_deref(), mem_bytes)?;
     let kvm = open_kvm(config)?;

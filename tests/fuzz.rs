@@ -1175,7 +1175,7 @@ fn packet_body(rng: &mut Rng, clean: bool) -> Vec<u8> {
             format!("P{:x}={}", rng.below(0x48), hex(&rng.bytes(n)))
         }
         6 | 7 => format!("m{},{}", gdb_addr(rng, clean), gdb_len(rng, clean)),
-        // Binary read (GDB 13+); minivmm does not offer it, so it must get the empty reply.
+        // Binary read (`x`, GDB 16): gdbstub 0.7 does not know it and answers empty.
         8 => format!("x{},{}", gdb_addr(rng, clean), gdb_len(rng, clean)),
         9 | 10 => {
             let n = rng.index(40);

@@ -34,6 +34,10 @@ const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(150);
 /// one. Quiet between packets is fine (GDB may sit at a stop for hours).
 const STALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a reply may wait for GDB to read: a client that asks and stops reading would
+/// otherwise hold the stub (and a stopped VM) forever. It counts while no byte gets out.
+const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Where the input is in RSP framing, as gdbstub reads it: between packets, or in one (its
 /// body, or the checksum digits after `#`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -82,6 +86,8 @@ pub struct BufferedConn {
     end: usize,
     framing: Framing,
     guard: PacketGuard,
+    /// `WRITE_STALL_TIMEOUT`, but for tests.
+    write_timeout: Duration,
 }
 
 impl BufferedConn {
@@ -95,6 +101,7 @@ impl BufferedConn {
             end: 0,
             framing: Framing::default(),
             guard: PacketGuard::new(threads),
+            write_timeout: WRITE_STALL_TIMEOUT,
         }
     }
 
@@ -180,6 +187,7 @@ pub(super) fn stalled() -> io::Error {
 /// GDB may then lose the reply; so say goodbye properly and read what is still coming.
 impl Drop for BufferedConn {
     fn drop(&mut self) {
+        let _ = self.stream.set_write_timeout(Some(self.write_timeout));
         let _ = Connection::flush(self);
         let _ = self.stream.shutdown(std::net::Shutdown::Write);
         let _ = self
@@ -215,16 +223,26 @@ impl Connection for BufferedConn {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if !self.out.is_empty() {
-            Write::write_all(&mut self.stream, &self.out)?;
-            self.out.clear();
+        if self.out.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let sent = Write::write_all(&mut self.stream, &self.out);
+        // Sent or not, it is gone: after an error the connection is dropped, and a second
+        // attempt (when it is) would only wait again.
+        self.out.clear();
+        sent.map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("GDB read none of a reply for {:?}", self.write_timeout),
+            ),
+            _ => e,
+        })
     }
 
     fn on_session_start(&mut self) -> io::Result<()> {
         // Every packet is a round trip; do not let Nagle hold replies back.
-        self.stream.set_nodelay(true)
+        self.stream.set_nodelay(true)?;
+        self.stream.set_write_timeout(Some(self.write_timeout))
     }
 }
 
@@ -257,16 +275,24 @@ impl SessionConn for BufferedConn {
 }
 
 /// GDB's side of a session as bytes in memory: reads come from `input` and then end of file
-/// (an error, as on a socket GDB closed); everything written is collected.
+/// (an error, as on a socket GDB closed); everything written is collected. The input passes
+/// the same [`PacketGuard`] as a socket's.
 pub struct MemConn<'a> {
     input: &'a [u8],
     pos: usize,
     out: &'a mut Vec<u8>,
+    guard: PacketGuard,
 }
 
 impl<'a> MemConn<'a> {
-    pub fn new(input: &'a [u8], out: &'a mut Vec<u8>) -> Self {
-        MemConn { input, pos: 0, out }
+    /// A session with a VM of `threads` vCPUs.
+    pub fn new(input: &'a [u8], out: &'a mut Vec<u8>, threads: usize) -> Self {
+        MemConn {
+            input,
+            pos: 0,
+            out,
+            guard: PacketGuard::new(threads),
+        }
     }
 
     fn eof() -> io::Error {
@@ -296,6 +322,7 @@ impl ConnectionExt for MemConn<'_> {
     fn read(&mut self) -> io::Result<u8> {
         let b = *self.input.get(self.pos).ok_or_else(Self::eof)?;
         self.pos += 1;
+        self.guard.check(b)?;
         Ok(b)
     }
 
@@ -405,9 +432,16 @@ pub fn write_length_mismatch(body: &[u8]) -> Option<String> {
         }
         data.len() / 2
     } else {
-        // Binary data: `}` escapes the byte after it.
-        let escapes = data.iter().filter(|&&c| c == b'}').count();
-        data.len() - escapes
+        // Binary data: `}` escapes the byte after it, which may itself be a `}`.
+        let mut bytes = 0;
+        let mut rest = data.iter();
+        while let Some(&c) = rest.next() {
+            if c == b'}' {
+                rest.next();
+            }
+            bytes += 1;
+        }
+        bytes
     };
     match len {
         Some(len) if len == have => None,
@@ -446,6 +480,10 @@ mod tests {
             "reads are not checked"
         );
         assert!(write_length_mismatch(b"M100000,ffffffffffffffff:00").is_some());
+        // An escaped `}` is one data byte: `}}x` is two bytes, not one.
+        assert!(write_length_mismatch(b"X100000,1:}}x").is_some());
+        assert_eq!(write_length_mismatch(b"X100000,2:}}x"), None);
+        assert_eq!(write_length_mismatch(b"X100000,1:}]"), None);
     }
 
     #[test]
@@ -514,5 +552,20 @@ mod tests {
         });
         assert_eq!(conn.read().unwrap(), b'x');
         assert_eq!(t.join().unwrap(), b'+');
+    }
+
+    #[test]
+    fn a_client_that_stops_reading_times_the_reply_out() {
+        let (mut conn, client) = pair();
+        conn.write_timeout = Duration::from_millis(300);
+        conn.on_session_start().unwrap();
+        // More than the socket buffers on both ends can hold.
+        conn.write_all(&vec![b'a'; 64 << 20]).unwrap();
+        let t = std::time::Instant::now();
+        let err = Connection::flush(&mut conn).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(err.to_string().contains("read none of a reply"), "{err}");
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        drop(client);
     }
 }

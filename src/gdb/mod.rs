@@ -210,7 +210,8 @@ pub fn fuzz_session(
     Vec<u8>,
 ) {
     let mut output = Vec::new();
-    let reason = run_session(target, MemConn::new(input, &mut output));
+    let threads = target.vcpu_count();
+    let reason = run_session(target, MemConn::new(input, &mut output, threads));
     let after = after_session(target, &reason);
     (reason, after, output)
 }
@@ -231,8 +232,10 @@ pub enum SessionError {
 /// a packet that stalls halfway, see `conn::STALL_TIMEOUT`).
 fn run_session<C: SessionConn>(
     target: &mut GdbTarget,
-    conn: C,
+    mut conn: C,
 ) -> Result<DisconnectReason, SessionError> {
+    // gdbstub leaves this call to its user: socket options (no Nagle, write timeout).
+    conn.on_session_start()?;
     target.attach()?;
     // A buffer of our own: gdbstub's default one grows with every byte of a packet that
     // never ends. With a fixed one, an oversized packet ends the session instead.

@@ -90,7 +90,7 @@ const fn tables_len(cpus: u64) -> u64 {
     fixed as u64 + HEADER_LEN as u64 + S5_AML.len() as u64 + madt + 6 * FACS_ALIGN
 }
 
-// Even 254 CPUs need about 2.7 KiB, far less than the BIOS area holds.
+// Even 254 CPUs need about 3 KiB with padding, far less than the BIOS area holds.
 const _: () = assert!(ACPI_START + tables_len(MAX_CPUS as u64) <= BIOS_END);
 
 /// Errors from building the ACPI tables.
