@@ -84,7 +84,6 @@ pub struct BufferedConn {
     inbuf: Box<[u8]>,
     start: usize,
     end: usize,
-    framing: Framing,
     guard: PacketGuard,
     /// `WRITE_STALL_TIMEOUT`, but for tests.
     write_timeout: Duration,
@@ -99,7 +98,6 @@ impl BufferedConn {
             inbuf: vec![0; READ_BUFFER].into_boxed_slice(),
             start: 0,
             end: 0,
-            framing: Framing::default(),
             guard: PacketGuard::new(threads),
             write_timeout: WRITE_STALL_TIMEOUT,
         }
@@ -114,7 +112,7 @@ impl BufferedConn {
     /// How long a wait for input may last, as poll(2) takes it: forever (-1) between
     /// packets, `STALL_TIMEOUT` in the middle of one.
     pub fn input_timeout_ms(&self) -> i32 {
-        if self.framing == Framing::Between {
+        if !self.guard.mid_packet() {
             -1
         } else {
             STALL_TIMEOUT.as_millis() as i32
@@ -255,7 +253,6 @@ impl ConnectionExt for BufferedConn {
         }
         let b = self.inbuf[self.start];
         self.start += 1;
-        self.framing = self.framing.next(b);
         self.guard.check(b)?;
         Ok(b)
     }
@@ -343,13 +340,14 @@ impl SessionConn for MemConn<'_> {
     }
 }
 
-/// Watches the packets going to gdbstub for two kinds it would act on without checking:
-/// memory writes whose length field disagrees with their data (gdbstub 0.7 writes the data
-/// and ignores the length), and thread selections (`Hg`, `Hc`) that name a thread that does
-/// not exist (gdbstub answers OK). Only a broken or hostile client sends either, so the
-/// connection is dropped before gdbstub sees the end of the packet, and nothing changes.
+/// Follows the packets going to gdbstub: where the input is in the framing (for the stall
+/// timeout), and two kinds of packet gdbstub would act on without checking: memory writes
+/// whose length field disagrees with their data (gdbstub 0.7 writes the data and ignores the
+/// length), and thread selections (`Hg`, `Hc`) that name a thread that does not exist
+/// (gdbstub answers OK). Only a broken or hostile client sends either, so the connection is
+/// dropped before gdbstub sees the end of the packet, and nothing changes.
 pub struct PacketGuard {
-    in_packet: bool,
+    framing: Framing,
     body: Vec<u8>,
     threads: usize,
 }
@@ -360,33 +358,34 @@ const GUARD_MAX_BODY: usize = 0x4_0000;
 impl PacketGuard {
     pub fn new(threads: usize) -> Self {
         PacketGuard {
-            in_packet: false,
+            framing: Framing::default(),
             body: Vec::new(),
             threads,
         }
     }
 
+    /// Whether a packet has started (`$`) and not yet ended (its two checksum digits).
+    pub fn mid_packet(&self) -> bool {
+        self.framing != Framing::Between
+    }
+
     /// Sees one incoming byte; an error means "drop the connection".
     pub fn check(&mut self, b: u8) -> io::Result<()> {
-        if !self.in_packet {
-            if b == b'$' {
-                self.in_packet = true;
-                self.body.clear();
+        let was = self.framing;
+        self.framing = was.next(b);
+        match (was, self.framing) {
+            (Framing::Between, Framing::Body) => self.body.clear(),
+            (Framing::Body, Framing::Body) if self.body.len() < GUARD_MAX_BODY => self.body.push(b),
+            (Framing::Body, Framing::Checksum1) => {
+                if let Some(why) = write_length_mismatch(&self.body)
+                    .or_else(|| unknown_thread(&self.body, self.threads))
+                {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, why));
+                }
             }
-            return Ok(());
+            _ => {}
         }
-        if b != b'#' {
-            if self.body.len() < GUARD_MAX_BODY {
-                self.body.push(b);
-            }
-            return Ok(());
-        }
-        self.in_packet = false;
-        match write_length_mismatch(&self.body).or_else(|| unknown_thread(&self.body, self.threads))
-        {
-            Some(why) => Err(io::Error::new(io::ErrorKind::InvalidData, why)),
-            None => Ok(()),
-        }
+        Ok(())
     }
 }
 
@@ -505,7 +504,7 @@ mod tests {
         );
         assert!(write_length_mismatch(b"X100000,zz:ab").is_some());
         let mut g = PacketGuard::new(1);
-        assert!(b"+$M1,1:00#".iter().all(|&b| g.check(b).is_ok()));
+        assert!(b"+$M1,1:00#00".iter().all(|&b| g.check(b).is_ok()));
         assert!(b"$M1,2:00".iter().all(|&b| g.check(b).is_ok()));
         assert!(
             g.check(b'#').is_err(),
