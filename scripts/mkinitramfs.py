@@ -2,7 +2,9 @@
 """Builds minivmm's test initramfs: a gzip'd newc cpio with /init (minivmm's marker program),
 /dev/console, mount points, and busybox as /bin/sh (for `minivmm.shell`).
 
-Usage: scripts/mkinitramfs.py --init PATH [--busybox PATH] -o OUT.cpio.gz
+Usage: scripts/mkinitramfs.py --init PATH [--busybox PATH] [--file DEST=SRC ...] -o OUT.cpio.gz
+
+(--file adds more files, e.g. kernel modules for the hardware-virtualised test host.)
 
 Written in Python so no root (mknod) is needed: device nodes are just cpio headers.
 """
@@ -51,6 +53,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--init", required=True, help="the /init executable")
     p.add_argument("--busybox", help="a static busybox, installed as /bin/busybox with applets")
+    p.add_argument("--file", action="append", default=[], metavar="DEST=SRC",
+                   help="add SRC as DEST (a path inside the initramfs; its directories are made)")
     p.add_argument("-o", "--output", required=True)
     args = p.parse_args()
 
@@ -66,6 +70,17 @@ def main():
             c.file("bin/busybox", f.read())
         for applet in APPLETS:
             c.symlink("bin/" + applet, "busybox")
+    made = set()
+    for spec in args.file:
+        dest, _, src = spec.partition("=")
+        parts = dest.strip("/").split("/")
+        for i in range(1, len(parts)):
+            d = "/".join(parts[:i])
+            if d not in made and d not in ("dev", "proc", "sys", "bin", "sbin", "tmp"):
+                c.dir(d)
+                made.add(d)
+        with open(src, "rb") as f:
+            c.file("/".join(parts), f.read(), 0o644)
     data = gzip.compress(c.finish(), mtime=0)
     tmp = args.output + ".tmp"
     with open(tmp, "wb") as f:
