@@ -9,4 +9,5 @@ pub mod loader;
 pub mod memory;
 pub mod terminal;
 pub mod vcpu;
+pub mod vm_control;
 pub mod vmm;

@@ -29,8 +29,9 @@ use crate::gdb::{GdbError, GdbListener, GdbServer, GdbSetup};
 use crate::loader::{self, BootSpec};
 use crate::memory::{self, GuestMem};
 use crate::terminal::RawTerminal;
-use crate::vcpu::{
-    self, DebugChannel, Vcpu, VcpuControl, VcpuDebugStatus, VcpuFault, VcpuHandle, VmEnd,
+use crate::vcpu::{self, Vcpu, VcpuHandle};
+use crate::vm_control::{
+    DebugChannel, VcpuControl, VcpuDebugStatus, VcpuFault, VmEnd, VmEvent, VmRequest, VmResponse,
 };
 
 /// What the user asked for.
@@ -96,42 +97,6 @@ pub enum VmError {
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
-}
-
-/// Messages to the control loop.
-#[derive(Debug)]
-pub enum VmEvent {
-    /// The guest reset the machine (the i8042's reset line or the ACPI reset register): a
-    /// reboot, which ends minivmm successfully.
-    GuestReset,
-    /// The guest entered ACPI S5 (Linux `poweroff`), which also ends minivmm successfully.
-    GuestPowerOff,
-    /// A vCPU cannot go on.
-    VcpuStopped { cpu: usize, fault: VcpuFault },
-    /// SIGINT or SIGTERM.
-    Signal(i32),
-    /// Ctrl-A x on the console.
-    UserQuit,
-    /// The debugger asks for something that concerns the whole VM.
-    Request(VmRequest, Sender<VmResponse>),
-    /// GDB's `kill` or `monitor quit`.
-    DebuggerKill,
-}
-
-/// Whole-VM requests from the GDB thread.
-#[derive(Debug)]
-pub enum VmRequest {
-    /// Pause every vCPU (all-stop). Debug requests queued after this are served paused.
-    SuspendVcpus,
-    /// Let every vCPU run again (the debugger left). Between stops, the debugger resumes the
-    /// vCPUs it chose itself, with `VcpuDebug::Resume`.
-    ResumeVcpus,
-}
-
-#[derive(Debug)]
-pub enum VmResponse {
-    Ok,
-    Err(String),
 }
 
 /// How the VM ended; main turns it into an exit status.
@@ -278,8 +243,7 @@ fn open_kvm(config: &VmConfig) -> Result<Kvm, VmError> {
     if version != KVM_API_VERSION as i32 {
         return Err(VmError::KvmVersion(version));
     }
-    // x86 APIC IDs are 8 bits and 0xff is broadcast.
-    let max = kvm.get_max_vcpus().min(254) as u32;
+    let max = kvm.get_max_vcpus().min(usize::from(cpu::MAX_CPUS)) as u32;
     if config.cpus == 0 || config.cpus > max {
         return Err(VmError::BadCpuCount {
             asked: config.cpus,

@@ -5,3 +5,5 @@
 pub mod x86_64;
 #[cfg(target_arch = "x86_64")]
 pub use self::x86_64::*;
+#[cfg(target_arch = "x86_64")]
+pub use self::x86_64::vcpu_ops::{InternalError, VcpuOps};

@@ -12,7 +12,7 @@ use log::{debug, info};
 
 use super::target::GdbTarget;
 use crate::arch::debugreg::{self, HwBreakKind, HwSlot, HwSlots, NUM_SLOTS};
-use crate::vcpu::VcpuDebug;
+use crate::vm_control::VcpuDebug;
 
 const INT3: u8 = 0xcc;
 

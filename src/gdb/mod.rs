@@ -25,8 +25,7 @@ use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::GuestMem;
-use crate::vcpu::{VcpuControl, VcpuDebugStatusMessage};
-use crate::vmm::VmEvent;
+use crate::vm_control::{VcpuControl, VcpuDebugStatusMessage, VmEvent};
 
 pub use target::GdbTarget;
 

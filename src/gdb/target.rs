@@ -29,8 +29,10 @@ use super::{GdbError, GdbSetup, Waited};
 use crate::arch::debug::{self as archdebug, AddressSpace, DebugStop, StopState};
 use crate::arch::gdb::{X86_64Kvm, X86_64KvmRegId, X86_64KvmRegs, read_reg, write_reg};
 use crate::memory::GuestMem;
-use crate::vcpu::{VcpuControl, VcpuDebug, VcpuDebugStatus, VcpuDebugStatusMessage, VmEnd};
-use crate::vmm::{VmEvent, VmRequest, VmResponse};
+use crate::vm_control::{
+    VcpuControl, VcpuDebug, VcpuDebugStatus, VcpuDebugStatusMessage, VmEnd, VmEvent, VmRequest,
+    VmResponse,
+};
 
 /// A vCPU that does not answer in this long is wedged; the session reports an error rather
 /// than hanging GDB.

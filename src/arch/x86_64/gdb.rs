@@ -22,8 +22,6 @@
 //! Unlike QEMU, xmm/mxcsr sit in their own `org.gnu.gdb.i386.sse` feature so GDB
 //! recognises them as the SSE unit; that does not change the wire layout or numbers.
 
-// Nothing in the binary uses the stub yet; drop this once it is wired up.
-#![allow(dead_code)]
 
 use core::num::NonZeroUsize;
 
@@ -31,9 +29,6 @@ use gdbstub::arch::{Arch, RegId, Registers};
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
 
 use super::paging::PagingContext;
-
-/// MSR holding the base that `swapgs` exchanges with GS.base.
-pub const MSR_KERNEL_GS_BASE: u32 = 0xC000_0102;
 
 /// Number of registers in the description (and in QEMU's x86_64 stub).
 pub const NUM_REGS: usize = 66;
@@ -550,7 +545,7 @@ impl X86_64KvmRegs {
     /// touch only the selector (KVM keeps the cached descriptor), the reserved
     /// upper RFLAGS bits and the fpr padding are preserved. Wire values wider than
     /// the KVM field (selectors, fctrl/fstat/fop) are truncated. Returns the new
-    /// value for MSR 0xC000_0102 (`MSR_KERNEL_GS_BASE`).
+    /// value for `cpu::MSR_KERNEL_GS_BASE`.
     pub fn to_kvm(&self, regs: &mut kvm_regs, sregs: &mut kvm_sregs, fpu: &mut kvm_fpu) -> u64 {
         let [
             rax,
