@@ -3,6 +3,7 @@
 //! GDB stub through here.
 
 pub mod arch;
+pub mod builder;
 pub mod devices;
 pub mod gdb;
 pub mod loader;

@@ -25,6 +25,9 @@ struct Watch {
     pieces: Vec<HwSlot>,
 }
 
+// GDB tells its user when a breakpoint or watchpoint is refused; minivmm's reasons are
+// logged at debug.
+
 /// The breakpoint table. Changes are recorded here and pushed to the vCPUs just before the VM
 /// resumes, and only when they differ from what the vCPUs have: GDB removes and re-inserts
 /// every breakpoint around each stop, which then costs nothing.
@@ -181,7 +184,7 @@ impl HwBreakpoint for GdbTarget {
         match self.breakpoints.hw.add(slot) {
             Ok(_) => Ok(true),
             Err(e) => {
-                info!("hardware breakpoint at {addr:#x} refused: {e}");
+                debug!("hardware breakpoint at {addr:#x} refused: {e}");
                 Ok(false)
             }
         }
@@ -205,13 +208,13 @@ impl GdbTarget {
     /// `rwatch`/`awatch` are refused.
     fn add_soft_watchpoint(&mut self, addr: u64, len: u64, kind: WatchKind) -> bool {
         if kind != WatchKind::Write {
-            info!(
+            debug!(
                 "read/access watchpoint at {addr:#x} refused: this host's KVM never fires data breakpoints"
             );
             return false;
         }
         if len == 0 || len > SOFT_WATCH_MAX_LEN || addr.checked_add(len).is_none() {
-            info!(
+            debug!(
                 "watchpoint at {addr:#x} ({len} bytes) refused: emulated watchpoints cover 1 to {SOFT_WATCH_MAX_LEN} bytes"
             );
             return false;
@@ -257,12 +260,12 @@ impl HwWatchpoint for GdbTarget {
                 })
                 .collect(),
             Err(e) => {
-                info!("watchpoint at {addr:#x} ({len} bytes) refused: {e}");
+                debug!("watchpoint at {addr:#x} ({len} bytes) refused: {e}");
                 return Ok(false);
             }
         };
         if let Err(e) = self.breakpoints.hw.add_all(&pieces) {
-            info!("watchpoint at {addr:#x} refused: {e}");
+            debug!("watchpoint at {addr:#x} refused: {e}");
             return Ok(false);
         }
         debug!(

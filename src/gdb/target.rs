@@ -213,8 +213,9 @@ impl GdbTarget {
                 if self.unacked.get(m.cpu).is_some_and(|&n| n > 0) =>
             {
                 self.unacked[m.cpu] -= 1;
+                // A refused request; GDB hears of it through the request that follows.
                 if let VcpuDebugStatus::Error(e) = &m.msg {
-                    warn!("vCPU {}: {e}", m.cpu);
+                    debug!("vCPU {}: {e}", m.cpu);
                 }
                 None
             }

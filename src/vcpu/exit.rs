@@ -7,9 +7,9 @@
 use kvm_ioctls::VcpuExit;
 use log::{debug, warn};
 
+use crate::arch::VcpuOps;
 use crate::arch::debug::DebugStop;
 use crate::arch::exits::{self, ArchExit, DebugTraps};
-use crate::arch::VcpuOps;
 use crate::devices::PioBus;
 use crate::memory::GuestMem;
 use crate::vm_control::VcpuFault;
@@ -291,7 +291,10 @@ mod tests {
     fn port_io_goes_to_the_bus() {
         let mut s = Setup::new();
         let mut vcpu = FakeVcpu::at(CODE);
-        assert_eq!(s.exit(&mut vcpu, Scripted::IoIn(PROBE_PORT + 2, 1)), Next::Continue);
+        assert_eq!(
+            s.exit(&mut vcpu, Scripted::IoIn(PROBE_PORT + 2, 1)),
+            Next::Continue
+        );
         assert_eq!(vcpu.data, [0x42]);
         let out = Scripted::IoOut(PROBE_PORT + 1, vec![0x61, 0x62]);
         assert_eq!(s.exit(&mut vcpu, out), Next::Continue);
@@ -304,7 +307,10 @@ mod tests {
         let mut vcpu = FakeVcpu::at(CODE);
         assert_eq!(s.exit(&mut vcpu, Scripted::IoIn(0x80, 2)), Next::Continue);
         assert_eq!(vcpu.data, [0xff, 0xff]);
-        assert_eq!(s.exit(&mut vcpu, Scripted::IoOut(0x80, vec![1])), Next::Continue);
+        assert_eq!(
+            s.exit(&mut vcpu, Scripted::IoOut(0x80, vec![1])),
+            Next::Continue
+        );
         let read = Scripted::MmioRead(0xfebf_0000, 4);
         assert_eq!(s.exit(&mut vcpu, read), Next::Continue);
         assert_eq!(vcpu.data, [0xff; 4]);
@@ -332,7 +338,10 @@ mod tests {
         let mut s = Setup::new();
         let mut vcpu = FakeVcpu::at(CODE);
         vcpu.immediate_exit = true;
-        assert_eq!(s.exit(&mut vcpu, Scripted::Errno(libc::EINTR)), Next::Continue);
+        assert_eq!(
+            s.exit(&mut vcpu, Scripted::Errno(libc::EINTR)),
+            Next::Continue
+        );
         assert!(!vcpu.immediate_exit);
         assert!(matches!(
             s.exit(&mut vcpu, Scripted::Errno(libc::EFAULT)),
@@ -350,7 +359,10 @@ mod tests {
             Next::DebugStop(DebugStop::SwBreak)
         );
         // The guest's own int3 goes back to the guest as #BP.
-        assert_eq!(s.exit(&mut vcpu, debug_exit(3, CODE + 8, 0)), Next::Continue);
+        assert_eq!(
+            s.exit(&mut vcpu, debug_exit(3, CODE + 8, 0)),
+            Next::Continue
+        );
         let events = *vcpu.events.borrow();
         assert_eq!((events.exception.injected, events.exception.nr), (1, 3));
 

@@ -16,7 +16,6 @@ use crate::devices::acpi_pm::{
     PM1_CNT_LEN, PM1_CNT_PORT, PM1_EVT_LEN, PM1_EVT_PORT, RESET_PORT, RESET_VALUE, S5_SLP_TYP,
 };
 
-
 const OEM_ID: &[u8; 6] = b"MINIVM";
 const OEM_TABLE_ID: &[u8; 8] = b"MINIVMM ";
 const OEM_REVISION: u32 = 1;

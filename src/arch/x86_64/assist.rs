@@ -39,10 +39,7 @@ pub fn fetch_fault(vcpu: &impl VcpuOps, mem: &GuestMem) -> Option<Fault> {
             break;
         };
         let mut chunk = vec![0u8; want];
-        if mem
-            .read_slice(&mut chunk, GuestAddress(phys))
-            .is_err()
-        {
+        if mem.read_slice(&mut chunk, GuestAddress(phys)).is_err() {
             break;
         }
         bytes.extend_from_slice(&chunk);

@@ -14,8 +14,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError};
 use super::cpu::MSR_KERNEL_GS_BASE;
 use super::debugreg::{self, DR6_BS, DebugRegError, HwBreakKind, HwSlot, NUM_SLOTS};
 use super::gdb::X86_64KvmRegs;
-use super::vcpu_ops::VcpuOps;
 use super::paging::{self, PagingContext, Translation, WalkError};
+use super::vcpu_ops::VcpuOps;
 use crate::memory::GuestMem;
 
 /// KVM_CAP_SET_GUEST_DEBUG2: the KVM_GUESTDBG_* flags this host accepts.
@@ -60,10 +60,7 @@ pub enum DebugError {
     Wraps(u64),
     /// Guest memory refused the write.
     #[error("write at {addr:#x}: {source}")]
-    Write {
-        addr: u64,
-        source: GuestMemoryError,
-    },
+    Write { addr: u64, source: GuestMemoryError },
 }
 
 /// Maps a failed ioctl to a `DebugError` naming it.
@@ -280,8 +277,7 @@ fn set_mxcsr(vcpu: &VcpuFd, mxcsr: u32) -> Result<(), DebugError> {
     xsave.region[XSAVE_MXCSR_WORD] = mxcsr;
     // SAFETY: the buffer is the full legacy-size area KVM_GET_XSAVE just filled for this vCPU,
     // which is what KVM_SET_XSAVE reads.
-    unsafe { vcpu.set_xsave(&xsave) }
-        .map_err(|source| DebugError::SetMxcsr { mxcsr, source })
+    unsafe { vcpu.set_xsave(&xsave) }.map_err(|source| DebugError::SetMxcsr { mxcsr, source })
 }
 
 /// GDB's register file from the vCPU.
@@ -434,8 +430,7 @@ pub fn write_memory(
     let mut pieces = Vec::new();
     let mut offset = 0;
     for (page_addr, chunk) in paging::split_by_page(addr, data.len()) {
-        let phys = physical(mem, ctx, space, page_addr)
-            .ok_or(DebugError::NotMapped(page_addr))?;
+        let phys = physical(mem, ctx, space, page_addr).ok_or(DebugError::NotMapped(page_addr))?;
         if !mem.check_range(GuestAddress(phys), chunk) {
             return Err(DebugError::NotRam(page_addr));
         }

@@ -5,7 +5,6 @@
 //! (Intel SDM vol. 3, "Debug Registers"). KVM takes the values through
 //! `kvm_guest_debug_arch.debugreg` and reports hits through DR6.
 
-
 use thiserror::Error;
 
 /// Number of hardware breakpoint slots (DR0-DR3).

@@ -6,8 +6,8 @@ use kvm_bindings::kvm_debug_exit_arch;
 use log::debug;
 
 use super::assist;
-use super::debug::{DebugConfig, DebugExit, DebugStop, SoftWatch, classify_debug_exit};
 use super::debug::{BP_VECTOR, DB_VECTOR, paging_context, reinject_exception};
+use super::debug::{DebugConfig, DebugExit, DebugStop, SoftWatch, classify_debug_exit};
 use super::debugreg::HwBreakKind;
 use super::vcpu_ops::VcpuOps;
 use crate::memory::GuestMem;

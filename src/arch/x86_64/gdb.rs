@@ -22,7 +22,6 @@
 //! Unlike QEMU, xmm/mxcsr sit in their own `org.gnu.gdb.i386.sse` feature so GDB
 //! recognises them as the SSE unit; that does not change the wire layout or numbers.
 
-
 use core::num::NonZeroUsize;
 
 use gdbstub::arch::{Arch, RegId, Registers};

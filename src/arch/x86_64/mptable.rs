@@ -5,13 +5,11 @@
 //! pointer goes at the start of the EBDA, where the OS searches for it, and the
 //! configuration table follows it immediately.
 
-
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
 use super::cpu::MAX_CPUS;
 use super::layout::{IOAPIC_ADDR, LAPIC_ADDR, MPTABLE_START};
-
 
 /// The table must stay below the legacy video/ROM hole that starts at 640 KiB.
 const MPTABLE_LIMIT: u32 = 0xa0000;

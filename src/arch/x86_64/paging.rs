@@ -6,7 +6,6 @@
 //! Only the translation is modelled: access rights are reported, not enforced, and
 //! the walk never sets accessed/dirty bits.
 
-
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
