@@ -222,8 +222,11 @@ mod tests {
         }
     }
 
+    /// Port writes a device saw: (offset, data).
+    type Writes = Arc<Mutex<Vec<(u16, Vec<u8>)>>>;
+
     /// A port device that answers reads with its offset and records writes.
-    struct Probe(Arc<Mutex<Vec<(u16, Vec<u8>)>>>);
+    struct Probe(Writes);
 
     impl PioDevice for Probe {
         fn read(&mut self, offset: u16, data: &mut [u8]) {
@@ -240,7 +243,7 @@ mod tests {
     struct Setup {
         pio: PioBus,
         mem: GuestMem,
-        writes: Arc<Mutex<Vec<(u16, Vec<u8>)>>>,
+        writes: Writes,
         traps: DebugTraps,
     }
 

@@ -243,7 +243,7 @@ fn serve(m: &mut Model, cpu: usize, req: VcpuDebug) -> VcpuDebugStatus {
         VcpuDebug::WriteMem(addr, data, space) => {
             match archdebug::write_memory(mem, &c.ctx(), space, addr, &data) {
                 Ok(()) => VcpuDebugStatus::CommandComplete,
-                Err(e) => VcpuDebugStatus::Error(e),
+                Err(e) => VcpuDebugStatus::Error(e.to_string()),
             }
         }
         VcpuDebug::EnableSinglestep(on) => {
