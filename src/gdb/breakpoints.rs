@@ -26,7 +26,7 @@ struct Watch {
 }
 
 // GDB tells its user when a breakpoint or watchpoint is refused; minivmm's reasons are
-// logged at debug.
+// logged at debug, except running out of debug registers, which only the user can fix.
 
 /// The breakpoint table. Changes are recorded here and pushed to the vCPUs just before the VM
 /// resumes, and only when they differ from what the vCPUs have: GDB removes and re-inserts
@@ -184,7 +184,10 @@ impl HwBreakpoint for GdbTarget {
         match self.breakpoints.hw.add(slot) {
             Ok(_) => Ok(true),
             Err(e) => {
-                debug!("hardware breakpoint at {addr:#x} refused: {e}");
+                // At info, unlike other refusals: GDB only says it could not insert the
+                // breakpoint, and the user must free a debug register (tests/gdb.rs relies
+                // on this line).
+                info!("hardware breakpoint at {addr:#x} refused: {e}");
                 Ok(false)
             }
         }
@@ -265,7 +268,8 @@ impl HwWatchpoint for GdbTarget {
             }
         };
         if let Err(e) = self.breakpoints.hw.add_all(&pieces) {
-            debug!("watchpoint at {addr:#x} refused: {e}");
+            // Out of debug registers: at info, as for breakpoints.
+            info!("watchpoint at {addr:#x} refused: {e}");
             return Ok(false);
         }
         debug!(
