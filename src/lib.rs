@@ -3,10 +3,12 @@
 //! GDB stub through here.
 
 pub mod arch;
+pub mod builder;
 pub mod devices;
 pub mod gdb;
 pub mod loader;
 pub mod memory;
 pub mod terminal;
 pub mod vcpu;
+pub mod vm_control;
 pub mod vmm;

@@ -81,8 +81,33 @@ fn parse_gdb_addr(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("'{s}' is not PORT or ADDR:PORT (for example 1234 or 0.0.0.0:1234)"))
 }
 
+/// What is logged unless RUST_LOG says otherwise: what minivmm's user must act on.
+const DEFAULT_LOG_FILTER: &str = "minivmm=info";
+/// gdbstub logs protocol chatter at info on every attach ("Unknown command" for each query it
+/// does not implement): shown only if RUST_LOG names gdbstub.
+const GDBSTUB_LOG_FILTER: &str = "gdbstub=warn";
+
+/// RUST_LOG (or the default), with gdbstub held at warn unless RUST_LOG names it: a bare
+/// `info`/`debug`/`trace` is for minivmm and the crates it uses, not gdbstub's chatter.
+fn log_filter(rust_log: Option<&str>) -> String {
+    let Some(filter) = rust_log.filter(|f| !f.trim().is_empty()) else {
+        return format!("{DEFAULT_LOG_FILTER},{GDBSTUB_LOG_FILTER}");
+    };
+    let verbose_default = filter.split(',').any(|directive| {
+        let level = directive.trim().to_ascii_lowercase();
+        matches!(level.as_str(), "info" | "debug" | "trace")
+    });
+    if verbose_default && !filter.contains("gdbstub") {
+        format!("{filter},{GDBSTUB_LOG_FILTER}")
+    } else {
+        filter.to_string()
+    }
+}
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("minivmm=info"))
+    let rust_log = std::env::var("RUST_LOG").ok();
+    env_logger::Builder::new()
+        .parse_filters(&log_filter(rust_log.as_deref()))
         .format_timestamp_millis()
         .init();
     let cli = Cli::parse();
@@ -115,4 +140,18 @@ fn exit_for(outcome: Outcome) -> ExitCode {
         Outcome::Reset | Outcome::PowerOff | Outcome::UserQuit | Outcome::Signal(_) => {}
     }
     ExitCode::from(outcome.exit_status())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gdbstub_chatter_is_hidden_unless_asked_for() {
+        assert_eq!(log_filter(None), "minivmm=info,gdbstub=warn");
+        assert_eq!(log_filter(Some("debug")), "debug,gdbstub=warn");
+        assert_eq!(log_filter(Some("off")), "off");
+        assert_eq!(log_filter(Some("minivmm=debug")), "minivmm=debug");
+        assert_eq!(log_filter(Some("gdbstub=trace")), "gdbstub=trace");
+    }
 }

@@ -1,138 +1,18 @@
-//! The VM as a whole: builds memory, devices and vCPUs from a `VmConfig`, then runs the
-//! control loop that reacts to guest resets, vCPU faults and signals.
+//! The running VM: the control loop that reacts to guest resets, vCPU faults, signals and
+//! GDB's suspend/resume requests, and the orderly end. `builder` builds what runs here.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, Sender, channel};
-use std::sync::{Arc, Mutex};
 use std::thread;
 
-use kvm_bindings::{KVM_API_VERSION, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use log::{debug, info};
-use thiserror::Error;
-use vm_superio::Trigger;
-use vmm_sys_util::eventfd::EventFd;
+use log::debug;
 
-use crate::arch::boot::{self, BootEntry};
-use crate::arch::cpu::{self, CpuidFilter};
-use crate::arch::probe::{HostQuirks, probe_host};
-use crate::arch::{acpi, mptable};
-use crate::devices::acpi_pm::{AcpiPm, PM_BASE, PM_LEN};
-use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
-use crate::devices::serial::{
-    COM1_BASE, COM1_IRQ, COM1_LEN, ConsoleThread, InputEvent, IrqTrigger, Serial,
-    spawn_input_thread,
+use crate::builder::{self, Vm};
+pub use crate::builder::{LINUX_EMULATED_HOST_ARGS, VmConfig, VmError};
+use crate::gdb::GdbServer;
+use crate::vcpu::VcpuHandle;
+use crate::vm_control::{
+    DebugChannel, VcpuControl, VcpuDebugStatus, VcpuFault, VmEnd, VmEvent, VmRequest, VmResponse,
 };
-use crate::devices::{PioBus, PioDevice};
-use crate::gdb::{GdbError, GdbListener, GdbServer, GdbSetup};
-use crate::loader::{self, BootSpec};
-use crate::memory::{self, GuestMem};
-use crate::terminal::RawTerminal;
-use crate::vcpu::{
-    self, DebugChannel, Vcpu, VcpuControl, VcpuDebugStatus, VcpuFault, VcpuHandle, VmEnd,
-};
-
-/// What the user asked for.
-#[derive(Debug, Clone)]
-pub struct VmConfig {
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
-    pub cmdline: String,
-    pub mem_mib: u64,
-    pub cpus: u32,
-    /// Where the GDB stub listens, if at all.
-    pub gdb: Option<SocketAddr>,
-    /// With `gdb`: hold the VM before its first instruction until GDB attaches.
-    pub gdb_wait: bool,
-    /// On a host that emulates guest code, add LINUX_EMULATED_HOST_ARGS to a Linux command line.
-    pub host_workarounds: bool,
-}
-
-/// Features such a host advertises in CPUID whatever minivmm asks, but cannot run: Linux must
-/// be told on its command line not to use them.
-pub const LINUX_EMULATED_HOST_ARGS: &str = "noxsave clearcpuid=popcnt,ssse3";
-
-#[derive(Debug, Error)]
-pub enum VmError {
-    #[error(
-        "cannot open /dev/kvm ({0}): is KVM enabled and may this user read and write /dev/kvm?"
-    )]
-    OpenKvm(kvm_ioctls::Error),
-    #[error(
-        "/dev/kvm does not answer KVM's ioctls: it is not a KVM device (check `ls -l /dev/kvm`: char 10,232)"
-    )]
-    NotKvm,
-    #[error("/dev/kvm speaks KVM API version {0}, minivmm needs version {KVM_API_VERSION}")]
-    KvmVersion(i32),
-    #[error(
-        "--cpus {asked}: give between 1 and {max} (the most this host's KVM and x86 APIC IDs allow)"
-    )]
-    BadCpuCount { asked: u32, max: u32 },
-    #[error(transparent)]
-    Memory(#[from] memory::MemoryError),
-    #[error(transparent)]
-    Loader(#[from] loader::LoaderError),
-    #[error(transparent)]
-    Boot(#[from] boot::BootError),
-    #[error(transparent)]
-    Cpu(#[from] cpu::CpuError),
-    #[error("MP table: {0}")]
-    Mptable(#[from] mptable::MptableError),
-    #[error("ACPI tables: {0}")]
-    Acpi(#[from] acpi::AcpiError),
-    #[error("{what} failed: {source}")]
-    Kvm {
-        what: &'static str,
-        source: kvm_ioctls::Error,
-    },
-    #[error(transparent)]
-    Gdb(#[from] GdbError),
-    #[error("cannot create an eventfd: {0}")]
-    EventFd(std::io::Error),
-    #[error("cannot start a thread: {0}")]
-    Thread(std::io::Error),
-}
-
-fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
-    move |source| VmError::Kvm { what, source }
-}
-
-/// Messages to the control loop.
-#[derive(Debug)]
-pub enum VmEvent {
-    /// The guest reset the machine (the i8042's reset line or the ACPI reset register): a
-    /// reboot, which ends minivmm successfully.
-    GuestReset,
-    /// The guest entered ACPI S5 (Linux `poweroff`), which also ends minivmm successfully.
-    GuestPowerOff,
-    /// A vCPU cannot go on.
-    VcpuStopped { cpu: usize, fault: VcpuFault },
-    /// SIGINT or SIGTERM.
-    Signal(i32),
-    /// Ctrl-A x on the console.
-    UserQuit,
-    /// The debugger asks for something that concerns the whole VM.
-    Request(VmRequest, Sender<VmResponse>),
-    /// GDB's `kill` or `monitor quit`.
-    DebuggerKill,
-}
-
-/// Whole-VM requests from the GDB thread.
-#[derive(Debug)]
-pub enum VmRequest {
-    /// Pause every vCPU (all-stop). Debug requests queued after this are served paused.
-    SuspendVcpus,
-    /// Let every vCPU run again (the debugger left). Between stops, the debugger resumes the
-    /// vCPUs it chose itself, with `VcpuDebug::Resume`.
-    ResumeVcpus,
-}
-
-#[derive(Debug)]
-pub enum VmResponse {
-    Ok,
-    Err(String),
-}
 
 /// How the VM ended; main turns it into an exit status.
 #[derive(Debug, PartialEq, Eq)]
@@ -169,129 +49,6 @@ impl Outcome {
     }
 }
 
-/// Sends a fixed event to the control loop when a device's line fires (a reset or a
-/// power-off request).
-struct EventTrigger {
-    events: Mutex<Sender<VmEvent>>,
-    event: fn() -> VmEvent,
-}
-
-impl EventTrigger {
-    fn new(events: &Sender<VmEvent>, event: fn() -> VmEvent) -> Self {
-        EventTrigger {
-            events: Mutex::new(events.clone()),
-            event,
-        }
-    }
-}
-
-impl Trigger for EventTrigger {
-    type E = std::io::Error;
-    fn trigger(&self) -> std::io::Result<()> {
-        let tx = crate::devices::lock(&self.events);
-        tx.send((self.event)())
-            .map_err(|_| std::io::Error::other("VMM control loop is gone"))
-    }
-}
-
-/// Guest memory, the VM with its in-kernel devices, and the firmware tables in memory.
-/// Returns the RSDP's address.
-fn build_vm(
-    kvm: &Kvm,
-    mem_mib: u64,
-    cpus: u8,
-) -> Result<(GuestMem, VmFd, vm_memory::GuestAddress), VmError> {
-    let mem = memory::create_guest_memory(mem_mib)?;
-    let vm = create_vm(kvm, &mem)?;
-    boot::write_boot_tables(&mem)?;
-    match mptable::setup_mptable(&mem, cpus) {
-        // The MP table only serves kernels without ACPI; the MADT describes every CPU.
-        Err(mptable::MptableError::DoesNotFit { .. }) => {
-            info!(
-                "{cpus} vCPUs do not fit in an MP table below 640 KiB; describing them in ACPI only"
-            )
-        }
-        other => other?,
-    }
-    let rsdp = acpi::setup_acpi(&mem, cpus)?;
-    Ok((mem, vm, rsdp))
-}
-
-/// Where the guest's ISA interrupts, timers and APICs live: KVM's in-kernel models.
-fn create_vm(kvm: &Kvm, mem: &GuestMem) -> Result<VmFd, VmError> {
-    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-    // Intel VMX needs a 3-page TSS area for real-mode emulation; put it out of RAM's way.
-    vm.set_tss_address(0xfffb_d000)
-        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-    memory::register_guest_memory(&vm, mem)?;
-    vm.create_irq_chip()
-        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
-    vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
-    Ok(vm)
-}
-
-fn setup_vcpus(
-    kvm: &Kvm,
-    vm: &VmFd,
-    config: &VmConfig,
-    quirks: &HostQuirks,
-    entry: &BootEntry,
-) -> Result<Vec<VcpuFd>, VmError> {
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-    let filter = CpuidFilter {
-        hide_unemulated: quirks.emulates_guest_code,
-    };
-    let mut vcpus = Vec::with_capacity(config.cpus as usize);
-    for index in 0..config.cpus {
-        let fd = vm
-            .create_vcpu(u64::from(index))
-            .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-        let cpuid = cpu::vcpu_cpuid(&supported, index, config.cpus, filter)?;
-        cpu::setup_vcpu(&fd, &cpuid)?;
-        fd.set_fpu(&boot::boot_fpu())
-            .map_err(kvm_err("KVM_SET_FPU"))?;
-        // Application processors keep their reset state and wait for INIT/SIPI in KVM.
-        if index == 0 {
-            let sregs = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-            fd.set_sregs(&boot::boot_sregs(sregs, entry))
-                .map_err(kvm_err("KVM_SET_SREGS"))?;
-            fd.set_regs(&boot::boot_regs(entry))
-                .map_err(kvm_err("KVM_SET_REGS"))?;
-        }
-        vcpus.push(fd);
-    }
-    Ok(vcpus)
-}
-
-fn open_kvm(config: &VmConfig) -> Result<Kvm, VmError> {
-    let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
-    let version = kvm.get_api_version();
-    if version < 0 {
-        return Err(VmError::NotKvm);
-    }
-    if version != KVM_API_VERSION as i32 {
-        return Err(VmError::KvmVersion(version));
-    }
-    // x86 APIC IDs are 8 bits and 0xff is broadcast.
-    let max = kvm.get_max_vcpus().min(254) as u32;
-    if config.cpus == 0 || config.cpus > max {
-        return Err(VmError::BadCpuCount {
-            asked: config.cpus,
-            max,
-        });
-    }
-    Ok(kvm)
-}
-
-/// Blocks SIGINT/SIGTERM in this thread (and so in every thread it starts) and turns them
-/// into control-loop events on a thread of their own, so no signal handler needs to be
-/// async-signal-safe beyond the vCPU kick.
 /// Blocks SIGINT and SIGTERM in this thread and so in every thread started after it: they
 /// must wait for `forward_signals`, not kill minivmm by their default action in some helper
 /// thread (the host probe's, say) before the VM is set up.
@@ -327,59 +84,6 @@ fn forward_signals(set: libc::sigset_t, events: Sender<VmEvent>) -> Result<(), V
     Ok(())
 }
 
-/// Standard output without Rust's line buffering: the console thread batches by itself and
-/// one batch should be one write(2).
-fn raw_stdout() -> Result<Box<dyn std::io::Write + Send>, VmError> {
-    use std::os::fd::AsFd;
-    let fd = std::io::stdout()
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(VmError::Thread)?;
-    Ok(Box::new(std::fs::File::from(fd)))
-}
-
-/// The devices on the port-I/O bus, and the console thread behind the UART.
-struct Devices {
-    pio: PioBus,
-    serial: Arc<Mutex<Serial>>,
-    console: ConsoleThread,
-}
-
-/// COM1 (output through the console thread, IRQ 4 through an irqfd), and the i8042 and
-/// ACPI power-management registers, through which the guest ends the VM.
-fn setup_devices(vm: &VmFd, events: &Sender<VmEvent>) -> Result<Devices, VmError> {
-    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
-    vm.register_irqfd(&serial_irq, COM1_IRQ)
-        .map_err(kvm_err("KVM_IRQFD"))?;
-    let (console, console_thread) = ConsoleThread::spawn(raw_stdout()?).map_err(VmError::Thread)?;
-    let serial = Arc::new(Mutex::new(Serial::new(
-        IrqTrigger(serial_irq),
-        Box::new(console),
-    )));
-    let reset = || VmEvent::GuestReset;
-    let i8042: Arc<Mutex<dyn PioDevice>> =
-        Arc::new(Mutex::new(I8042::new(EventTrigger::new(events, reset))));
-    let acpi_pm: Arc<Mutex<dyn PioDevice>> = Arc::new(Mutex::new(AcpiPm::new(
-        EventTrigger::new(events, || VmEvent::GuestPowerOff),
-        EventTrigger::new(events, reset),
-    )));
-    let pio = PioBus::new(vec![
-        (
-            COM1_BASE,
-            COM1_LEN,
-            serial.clone() as Arc<Mutex<dyn PioDevice>>,
-        ),
-        (I8042_BASE, I8042_LEN, i8042),
-        (PM_BASE, PM_LEN, acpi_pm),
-    ]);
-
-    Ok(Devices {
-        pio,
-        serial,
-        console: console_thread,
-    })
-}
-
 /// Tells an attached GDB how the VM ended (a `W` or `X` reply) before the connection goes.
 fn tell_debugger_vm_ended(gdb: &GdbServer, channel: &DebugChannel, outcome: &Outcome) {
     if !gdb.attached.load(std::sync::atomic::Ordering::SeqCst) || *outcome == Outcome::DebuggerKill
@@ -399,120 +103,18 @@ fn tell_debugger_vm_ended(gdb: &GdbServer, channel: &DebugChannel, outcome: &Out
 /// Builds the VM and runs it until it ends.
 pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
     let signals = block_forwarded_signals();
-    let ranges = memory::ram_ranges(config.mem_mib)?;
-    memory::check_fits_host(config.mem_mib)?;
-    // Bad files are the likeliest mistake: report them before touching KVM. Reads stop at
-    // the guest's size, which fits the host: a device like /dev/zero cannot exhaust it.
-    let mem_bytes = config.mem_mib.saturating_mul(1 << 20);
-    let images = loader::read_images(&config.kernel, config.initrd.as_deref(), mem_bytes)?;
-    let kvm = open_kvm(config)?;
-    let gdb_listener = config.gdb.map(GdbListener::bind).transpose()?;
-    let (mem, vm, rsdp) = build_vm(&kvm, config.mem_mib, config.cpus as u8)?;
-    let quirks = probe_host(&kvm);
-    let e820 = memory::e820_map(&ranges);
-    let workarounds =
-        (quirks.emulates_guest_code && config.host_workarounds).then_some(LINUX_EMULATED_HOST_ARGS);
-    let spec = BootSpec {
-        kernel: &config.kernel,
-        initrd: config.initrd.as_deref(),
-        cmdline: &config.cmdline,
-        linux_cmdline_extra: workarounds,
-        low_ram_end: memory::low_ram_end(config.mem_mib),
-        e820: &e820,
-        acpi_rsdp: Some(rsdp.0),
-    };
-    let kernel = loader::load_image(&mem, &spec, &images.kernel, images.initrd.as_deref())?;
-    debug!(
-        "loaded {:?} kernel, entry {:?}, command line {:?}",
-        kernel.format, kernel.entry, kernel.cmdline
-    );
-    if quirks.emulates_guest_code {
-        info!(
-            "this host's KVM emulates guest code: hiding CMPXCHG16B/XSAVE/AVX in CPUID, emulating int3/clac/stac/fwait where it fails"
-        );
-        if kernel.cmdline != config.cmdline {
-            info!(
-                "added '{LINUX_EMULATED_HOST_ARGS}' to the Linux command line for this host (--no-host-workarounds to prevent)"
-            );
-        }
-    }
-    let vcpu_fds = setup_vcpus(&kvm, &vm, config, &quirks, &kernel.entry)?;
-
     let (events_tx, events_rx) = channel();
     forward_signals(signals, events_tx.clone())?;
-
-    let Devices {
-        pio,
-        serial,
-        console: console_thread,
-    } = setup_devices(&vm, &events_tx)?;
-
-    let terminal = RawTerminal::enter();
-    let quit_tx = Mutex::new(events_tx.clone());
-    spawn_input_thread(
-        serial,
-        Box::new(std::io::stdin()),
-        terminal.is_raw(),
-        move |e| match e {
-            InputEvent::Quit => {
-                let _ = crate::devices::lock(&quit_tx).send(VmEvent::UserQuit);
-            }
-        },
-    )
-    .map_err(VmError::Thread)?;
-
-    let block_irq_when_stepping = crate::arch::debug::host_blocks_irq_when_stepping(&kvm);
-    let host_syncs_regs = crate::arch::debug::host_syncs_regs(&kvm);
-    let (debug_tx, debug_rx) = channel();
-    let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?);
-    let debug_channel = config
-        .gdb
-        .map(|_| DebugChannel::new(debug_tx, wake.clone()));
-    let start_paused = config.gdb.is_some() && config.gdb_wait;
-
-    vcpu::install_kick_handler().map_err(|e| VmError::Kvm {
-        what: "installing the vCPU kick signal handler",
-        source: e,
-    })?;
-    let mut handles = Vec::with_capacity(vcpu_fds.len());
-    for (index, fd) in vcpu_fds.into_iter().enumerate() {
-        let vcpu = Vcpu {
-            index,
-            fd,
-            pio: pio.clone(),
-            mem: mem.clone(),
-            events: events_tx.clone(),
-            debug: debug_channel.clone(),
-            block_irq_when_stepping,
-            host_syncs_regs,
-        };
-        handles.push(vcpu.spawn(start_paused).map_err(VmError::Thread)?);
-    }
-
-    let gdb = match gdb_listener {
-        Some(listener) => Some(GdbServer::start(
-            listener,
-            GdbSetup {
-                vcpus: handles.iter().map(VcpuHandle::control_sender).collect(),
-                from_vcpu: debug_rx,
-                wake,
-                vm: events_tx.clone(),
-                mem: mem.clone(),
-                watchpoints_work: quirks.data_watchpoints_fire,
-                vm_starts_paused: start_paused,
-            },
-        )?),
-        None => None,
-    };
-    if config.gdb.is_some() && !quirks.data_watchpoints_fire {
-        info!(
-            "this host's KVM never fires data breakpoints: minivmm emulates GDB's write watchpoints by single-stepping (slow) and refuses rwatch/awatch"
-        );
-    }
+    let Vm {
+        vcpus: mut handles,
+        debugger,
+        console,
+        terminal,
+    } = builder::build(config, &events_tx)?;
     drop(events_tx);
 
     let outcome = control_loop(&events_rx, &handles);
-    if let (Some(gdb), Some(channel)) = (&gdb, &debug_channel) {
+    if let Some((gdb, channel)) = &debugger {
         tell_debugger_vm_ended(gdb, channel, &outcome);
     }
     for h in &handles {
@@ -522,7 +124,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
         h.join();
     }
     // Everything the guest printed reaches stdout before minivmm exits.
-    console_thread.finish();
+    console.finish();
     drop(terminal);
     Ok(outcome)
 }

@@ -4,6 +4,10 @@
 //! Exit statuses (src/main.rs): 0 reset, 1 setup error, 2 usage, 3 triple fault,
 //! 4 vCPU error, 5 Ctrl-A x, 6 GDB kill, 128+signal.
 
+// Tests state what they expect with unwrap, expect and panic; the crate's lints are for
+// code a guest or a debugger can reach.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::ffi::OsString;

@@ -16,6 +16,10 @@
 //! `MINIVMM_FUZZ_SEED=<seed> MINIVMM_FUZZ_CASES=1` replays exactly that case. See
 //! `fuzz_support` for the engine and the environment variables.
 
+// Tests state what they expect with unwrap, expect and panic; the crate's lints are for
+// code a guest or a debugger can reach.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod fuzz_support;
 
 use std::path::{Path, PathBuf};

@@ -11,6 +11,10 @@
 //! Every process runs under a hard deadline. A test marked `#[ignore = "minivmm bug: ..."]`
 //! reproduces a known problem.
 
+// Tests state what they expect with unwrap, expect and panic; the crate's lints are for
+// code a guest or a debugger can reach.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 mod gdb_support;
 mod rsp_client;

@@ -5,6 +5,10 @@
 //! point, which take about a minute each on an emulating nested-KVM host. The full boot to the
 //! initramfs marker is `#[ignore]`d here and run by `make linux-test`.
 
+// Tests state what they expect with unwrap, expect and panic; the crate's lints are for
+// code a guest or a debugger can reach.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::fs;

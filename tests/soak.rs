@@ -10,6 +10,10 @@
 //! for a long one. The figures go to stderr as a table (`cargo test --test soak --
 //! --nocapture`).
 
+// Tests state what they expect with unwrap, expect and panic; the crate's lints are for
+// code a guest or a debugger can reach.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 mod gdb_support;
 mod rsp_client;

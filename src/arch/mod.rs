@@ -4,4 +4,6 @@
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 #[cfg(target_arch = "x86_64")]
+pub use self::x86_64::vcpu_ops::{InternalError, VcpuOps};
+#[cfg(target_arch = "x86_64")]
 pub use self::x86_64::*;

@@ -74,8 +74,9 @@ impl<T: Trigger> AcpiPm<T> {
         if slp_typ == u16::from(S5_SLP_TYP) {
             fire(&self.power_off, "power-off");
         } else {
-            // Only \_S5 is in the DSDT, so a guest that asks for another state ignored it.
-            log::warn!(
+            // Only \_S5 is in the DSDT, so a guest that asks for another state ignored it. At
+            // debug: the guest can write this as often as it likes.
+            log::debug!(
                 "ACPI: the guest asked for sleep type {slp_typ}; only S5 (power-off) exists"
             );
         }

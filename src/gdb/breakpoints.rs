@@ -12,7 +12,7 @@ use log::{debug, info};
 
 use super::target::GdbTarget;
 use crate::arch::debugreg::{self, HwBreakKind, HwSlot, HwSlots, NUM_SLOTS};
-use crate::vcpu::VcpuDebug;
+use crate::vm_control::VcpuDebug;
 
 const INT3: u8 = 0xcc;
 
@@ -24,6 +24,9 @@ struct Watch {
     kind: WatchKind,
     pieces: Vec<HwSlot>,
 }
+
+// GDB tells its user when a breakpoint or watchpoint is refused; minivmm's reasons are
+// logged at debug, except running out of debug registers, which only the user can fix.
 
 /// The breakpoint table. Changes are recorded here and pushed to the vCPUs just before the VM
 /// resumes, and only when they differ from what the vCPUs have: GDB removes and re-inserts
@@ -181,6 +184,9 @@ impl HwBreakpoint for GdbTarget {
         match self.breakpoints.hw.add(slot) {
             Ok(_) => Ok(true),
             Err(e) => {
+                // At info, unlike other refusals: GDB only says it could not insert the
+                // breakpoint, and the user must free a debug register (tests/gdb.rs relies
+                // on this line).
                 info!("hardware breakpoint at {addr:#x} refused: {e}");
                 Ok(false)
             }
@@ -205,13 +211,13 @@ impl GdbTarget {
     /// `rwatch`/`awatch` are refused.
     fn add_soft_watchpoint(&mut self, addr: u64, len: u64, kind: WatchKind) -> bool {
         if kind != WatchKind::Write {
-            info!(
+            debug!(
                 "read/access watchpoint at {addr:#x} refused: this host's KVM never fires data breakpoints"
             );
             return false;
         }
         if len == 0 || len > SOFT_WATCH_MAX_LEN || addr.checked_add(len).is_none() {
-            info!(
+            debug!(
                 "watchpoint at {addr:#x} ({len} bytes) refused: emulated watchpoints cover 1 to {SOFT_WATCH_MAX_LEN} bytes"
             );
             return false;
@@ -257,11 +263,12 @@ impl HwWatchpoint for GdbTarget {
                 })
                 .collect(),
             Err(e) => {
-                info!("watchpoint at {addr:#x} ({len} bytes) refused: {e}");
+                debug!("watchpoint at {addr:#x} ({len} bytes) refused: {e}");
                 return Ok(false);
             }
         };
         if let Err(e) = self.breakpoints.hw.add_all(&pieces) {
+            // Out of debug registers: at info, as for breakpoints.
             info!("watchpoint at {addr:#x} refused: {e}");
             return Ok(false);
         }

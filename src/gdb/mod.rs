@@ -5,8 +5,13 @@
 
 mod breakpoints;
 mod conn;
+mod memory;
 mod monitor;
+mod registers;
+mod resume;
 mod target;
+mod threads;
+mod vcpu_link;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -25,8 +30,7 @@ use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::GuestMem;
-use crate::vcpu::{VcpuControl, VcpuDebugStatusMessage};
-use crate::vmm::VmEvent;
+use crate::vm_control::{VcpuControl, VcpuDebugStatusMessage, VmEvent};
 
 pub use target::GdbTarget;
 
@@ -35,22 +39,34 @@ const PACKET_BUFFER_SIZE: usize = 0x2_0000;
 /// The most one `m` request from a well-behaved GDB can ask for (hex doubles the size).
 const MAX_READ_PER_REQUEST: usize = PACKET_BUFFER_SIZE / 2;
 
+/// What ends the GDB stub or a session: these are fatal to gdbstub. A request the VM merely
+/// refuses is `TargetError::NonFatal` and GDB gets an error reply.
 #[derive(Debug, Error)]
 pub enum GdbError {
+    /// The GDB port cannot be bound.
     #[error("cannot listen for GDB on {addr}: {source} ({})", bind_advice(.source))]
     Bind { addr: SocketAddr, source: io::Error },
+    /// The GDB thread cannot be started.
     #[error("cannot start the GDB thread: {0}")]
     Thread(io::Error),
+    /// GDB resumed a thread that does not exist.
     #[error("GDB asked for thread {0}, which does not exist")]
     NoSuchThread(usize),
+    /// The vCPU thread's channel is closed.
     #[error("vCPU {0} is gone")]
     VcpuGone(usize),
+    /// The vCPU thread did not answer in time.
     #[error("vCPU {0} did not answer")]
     VcpuTimeout(usize),
+    /// The control loop's channel is closed.
     #[error("the VMM control loop is gone")]
     VmGone,
+    /// The control loop refused a suspend or resume.
     #[error("the VMM refused: {0}")]
     VmRefused(String),
+    /// The breakpoint table could not be sent to the vCPUs before a resume.
+    #[error("the breakpoints could not be sent to the vCPUs")]
+    BreakpointSync,
 }
 
 /// What to do about a failed bind, by cause.
@@ -219,10 +235,13 @@ pub fn fuzz_session(
 /// Why a session ended other than by GDB's choice.
 #[derive(Debug, Error)]
 pub enum SessionError {
+    /// gdbstub gave up (a protocol error, or a fatal target error).
     #[error("{0}")]
     Stub(#[from] gdbstub::stub::GdbStubError<GdbError, io::Error>),
+    /// Attaching to the VM failed.
     #[error("{0}")]
     Target(#[from] GdbError),
+    /// The connection failed or stalled.
     #[error("connection: {0}")]
     Conn(#[from] io::Error),
 }

@@ -5,7 +5,7 @@ use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd};
 
 use super::target::GdbTarget;
 use crate::arch::debug::AddressSpace;
-use crate::vcpu::{VcpuDebug, VcpuDebugStatus};
+use crate::vm_control::{VcpuDebug, VcpuDebugStatus};
 
 const HELP: &str = "\
 minivmm monitor commands (they apply to the current thread's vCPU):

@@ -14,8 +14,9 @@ use minivmm::arch::gdb::X86_64KvmRegs;
 use minivmm::arch::paging::PagingContext;
 use minivmm::gdb::{GdbSetup, GdbTarget};
 use minivmm::memory::GuestMem;
-use minivmm::vcpu::{DebugChannel, VcpuControl, VcpuDebug, VcpuDebugStatus, VmEnd};
-use minivmm::vmm::{VmEvent, VmRequest, VmResponse};
+use minivmm::vm_control::{
+    DebugChannel, VcpuControl, VcpuDebug, VcpuDebugStatus, VmEnd, VmEvent, VmRequest, VmResponse,
+};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -242,7 +243,7 @@ fn serve(m: &mut Model, cpu: usize, req: VcpuDebug) -> VcpuDebugStatus {
         VcpuDebug::WriteMem(addr, data, space) => {
             match archdebug::write_memory(mem, &c.ctx(), space, addr, &data) {
                 Ok(()) => VcpuDebugStatus::CommandComplete,
-                Err(e) => VcpuDebugStatus::Error(e),
+                Err(e) => VcpuDebugStatus::Error(e.to_string()),
             }
         }
         VcpuDebug::EnableSinglestep(on) => {

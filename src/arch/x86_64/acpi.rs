@@ -10,14 +10,11 @@
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
+use super::cpu::MAX_CPUS;
 use super::layout::{ACPI_START, BIOS_END, IOAPIC_ADDR, LAPIC_ADDR};
 use crate::devices::acpi_pm::{
     PM1_CNT_LEN, PM1_CNT_PORT, PM1_EVT_LEN, PM1_EVT_PORT, RESET_PORT, RESET_VALUE, S5_SLP_TYP,
 };
-
-/// Highest CPU count: APIC ids are 8 bits, 0xff is the broadcast id and the I/O
-/// APIC takes the id after the last CPU.
-pub const MAX_CPUS: u8 = 254;
 
 const OEM_ID: &[u8; 6] = b"MINIVM";
 const OEM_TABLE_ID: &[u8; 8] = b"MINIVMM ";

@@ -5,15 +5,13 @@
 use std::fmt::Write as _;
 
 use kvm_bindings::{kvm_regs, kvm_sregs};
-use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress};
 
+use super::debug::BP_VECTOR;
+use super::vcpu_ops::VcpuOps;
 use crate::memory::GuestMem;
 
-/// KVM_INTERNAL_ERROR_EMULATION: the in-kernel emulator met an instruction it cannot run.
-pub const SUBERROR_EMULATION: u32 = 1;
 const INT3: u8 = 0xcc;
-const BP_VECTOR: u8 = 3;
 const MAX_INSN_LEN: usize = 15;
 
 /// The vCPU's state at an instruction KVM could not run.
@@ -28,24 +26,20 @@ pub struct Fault {
 
 /// Reads the faulting instruction through the vCPU's page tables: one translation per page,
 /// since this runs on every assisted instruction (tens of thousands per Linux boot).
-pub fn fetch_fault(vcpu: &VcpuFd, mem: &GuestMem) -> Option<Fault> {
-    let regs = vcpu.get_regs().ok()?;
-    let sregs = vcpu.get_sregs().ok()?;
+pub fn fetch_fault(vcpu: &impl VcpuOps, mem: &GuestMem) -> Option<Fault> {
+    let regs = vcpu.regs().ok()?;
+    let sregs = vcpu.sregs().ok()?;
     let linear_rip = sregs.cs.base.wrapping_add(regs.rip);
     let mut bytes = Vec::with_capacity(MAX_INSN_LEN);
     let mut at = linear_rip;
     while bytes.len() < MAX_INSN_LEN {
         let in_page = (0x1000 - (at & 0xfff)) as usize;
         let want = in_page.min(MAX_INSN_LEN - bytes.len());
-        let Ok(t) = vcpu.translate_gva(at) else { break };
-        if t.valid == 0 {
+        let Some(phys) = vcpu.translate(at) else {
             break;
-        }
+        };
         let mut chunk = vec![0u8; want];
-        if mem
-            .read_slice(&mut chunk, GuestAddress(t.physical_address))
-            .is_err()
-        {
+        if mem.read_slice(&mut chunk, GuestAddress(phys)).is_err() {
             break;
         }
         bytes.extend_from_slice(&chunk);
@@ -110,7 +104,7 @@ pub fn decode_emulatable(bytes: &[u8], cpl: u8) -> Option<Emulated> {
 /// Runs the instruction at RIP if the host could not: returns what was emulated, or `None`
 /// when the bytes are not one minivmm knows how to run.
 pub fn emulate_unsupported(
-    vcpu: &VcpuFd,
+    vcpu: &impl VcpuOps,
     fault: &Fault,
 ) -> Result<Option<Emulated>, kvm_ioctls::Error> {
     let Some(insn) = decode_emulatable(&fault.bytes, fault.sregs.cs.dpl) else {
@@ -130,21 +124,21 @@ pub fn is_int3(bytes: &[u8]) -> bool {
 
 /// Delivers the #BP an `int3` raises: RIP moves past the one-byte instruction (a trap, so the
 /// saved RIP points after it) and the exception is injected for the guest's IDT to handle.
-pub fn inject_breakpoint(vcpu: &VcpuFd, fault: &Fault) -> Result<(), kvm_ioctls::Error> {
+pub fn inject_breakpoint(vcpu: &impl VcpuOps, fault: &Fault) -> Result<(), kvm_ioctls::Error> {
     let mut regs = fault.regs;
     regs.rip = regs.rip.wrapping_add(1);
     vcpu.set_regs(&regs)?;
-    let mut events = vcpu.get_vcpu_events()?;
+    let mut events = vcpu.events()?;
     events.exception.injected = 1;
-    events.exception.nr = BP_VECTOR;
+    events.exception.nr = BP_VECTOR as u8;
     events.exception.has_error_code = 0;
     events.exception.error_code = 0;
     events.exception.pending = 0;
-    vcpu.set_vcpu_events(&events)
+    vcpu.set_events(&events)
 }
 
 /// A multi-line report of the vCPU's state, for the crash message.
-pub fn describe_state(vcpu: &VcpuFd, mem: &GuestMem) -> String {
+pub fn describe_state(vcpu: &impl VcpuOps, mem: &GuestMem) -> String {
     let mut out = String::new();
     let Some(Fault {
         regs: r,

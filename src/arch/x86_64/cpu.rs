@@ -28,6 +28,10 @@ pub struct CpuidFilter {
     pub hide_unemulated: bool,
 }
 
+/// Highest vCPU count: APIC ids are 8 bits, 0xff is the broadcast id and the I/O APIC takes
+/// the id after the last CPU. The MP table, the MADT and `--cpus` all obey it.
+pub const MAX_CPUS: u8 = 254;
+
 const LEAF1_ECX_CX16: u32 = 1 << 13;
 const LEAF1_ECX_XSAVE: u32 = 1 << 26;
 const LEAF1_ECX_OSXSAVE: u32 = 1 << 27;
@@ -142,7 +146,8 @@ const MSR_STAR: u32 = 0xc000_0081;
 const MSR_LSTAR: u32 = 0xc000_0082;
 const MSR_CSTAR: u32 = 0xc000_0083;
 const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
-const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+/// The kernel's GS base while user GS is loaded (SWAPGS exchanges them); GDB shows it too.
+pub const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
 const MISC_ENABLE_FAST_STRING: u64 = 1;
 const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;

@@ -8,17 +8,65 @@ use kvm_bindings::{
     kvm_guest_debug, kvm_msr_entry, kvm_sregs,
 };
 use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuFd};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use thiserror::Error;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError};
 
-use super::debugreg::{self, DR6_BS, HwBreakKind, HwSlot, NUM_SLOTS};
-use super::gdb::{MSR_KERNEL_GS_BASE, X86_64KvmRegs};
+use super::cpu::MSR_KERNEL_GS_BASE;
+use super::debugreg::{self, DR6_BS, DebugRegError, HwBreakKind, HwSlot, NUM_SLOTS};
+use super::gdb::X86_64KvmRegs;
 use super::paging::{self, PagingContext, Translation, WalkError};
+use super::vcpu_ops::VcpuOps;
 use crate::memory::GuestMem;
 
 /// KVM_CAP_SET_GUEST_DEBUG2: the KVM_GUESTDBG_* flags this host accepts.
 const KVM_CAP_SET_GUEST_DEBUG2: u64 = 195;
-const DB_VECTOR: u32 = 1;
-const BP_VECTOR: u32 = 3;
+/// The debug exception (#DB).
+pub const DB_VECTOR: u32 = 1;
+/// The breakpoint exception (#BP), which int3 raises.
+pub const BP_VECTOR: u32 = 3;
+
+/// Why a debugger request could not be served on the vCPU.
+#[derive(Debug, Error)]
+pub enum DebugError {
+    /// A KVM ioctl on the vCPU failed.
+    #[error("{ioctl} failed: {source}")]
+    Kvm {
+        ioctl: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    /// KVM_SET_SREGS refused GDB's values: most likely a control register the CPU refuses.
+    #[error("KVM_SET_SREGS failed (a control register value the CPU refuses?): {0}")]
+    SetSregs(kvm_ioctls::Error),
+    /// KVM_SET_XSAVE refused the MXCSR GDB wrote.
+    #[error("KVM_SET_XSAVE failed (MXCSR {mxcsr:#x} refused?): {source}")]
+    SetMxcsr {
+        mxcsr: u32,
+        source: kvm_ioctls::Error,
+    },
+    /// The MSR list for KVM_GET_MSRS/KVM_SET_MSRS could not be allocated.
+    #[error("cannot build the MSR list")]
+    MsrList,
+    /// The hardware breakpoints do not fit the debug registers.
+    #[error(transparent)]
+    DebugRegs(#[from] DebugRegError),
+    /// A page of the range is not mapped by the vCPU's page tables (or not to RAM).
+    #[error("address {0:#x} is not mapped to RAM")]
+    NotMapped(u64),
+    /// A page of the range is outside guest RAM.
+    #[error("address {0:#x} is not RAM")]
+    NotRam(u64),
+    /// The range runs past the top of the address space.
+    #[error("range at {0:#x} wraps around the address space")]
+    Wraps(u64),
+    /// Guest memory refused the write.
+    #[error("write at {addr:#x}: {source}")]
+    Write { addr: u64, source: GuestMemoryError },
+}
+
+/// Maps a failed ioctl to a `DebugError` naming it.
+fn kvm(ioctl: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> DebugError {
+    move |source| DebugError::Kvm { ioctl, source }
+}
 
 /// Whether the host can keep interrupts from firing while single-stepping (Linux 5.16+).
 pub fn host_blocks_irq_when_stepping(kvm: &Kvm) -> bool {
@@ -58,7 +106,7 @@ pub fn set_guest_debug(
     vcpu: &mut VcpuFd,
     config: &DebugConfig,
     host_syncs_regs: bool,
-) -> Result<bool, String> {
+) -> Result<bool, DebugError> {
     let mut dbg = kvm_guest_debug::default();
     let hw_used = config.hw_slots.iter().any(Option::is_some);
     let stepping = config.single_step || config.watch_stepping;
@@ -76,11 +124,10 @@ pub fn set_guest_debug(
     }
     if hw_used {
         dbg.control |= KVM_GUESTDBG_USE_HW_BP;
-        dbg.arch.debugreg =
-            debugreg::debugreg_array(&config.hw_slots).map_err(|e| e.to_string())?;
+        dbg.arch.debugreg = debugreg::debugreg_array(&config.hw_slots)?;
     }
     vcpu.set_guest_debug(&dbg)
-        .map_err(|e| format!("KVM_SET_GUEST_DEBUG: {e}"))?;
+        .map_err(kvm("KVM_SET_GUEST_DEBUG"))?;
     let sync = config.enabled() && host_syncs_regs;
     for reg in [SyncReg::Register, SyncReg::SystemRegister] {
         if sync {
@@ -188,23 +235,22 @@ impl SoftWatch {
 
 /// Gives a #BP that KVM intercepted back to the guest. RIP still points at the `int3`; KVM
 /// recorded the instruction length at the intercept and delivers it as a software exception.
-pub fn reinject_exception(vcpu: &VcpuFd, vector: u32) -> Result<(), kvm_ioctls::Error> {
-    let mut events = vcpu.get_vcpu_events()?;
+pub fn reinject_exception(vcpu: &impl VcpuOps, vector: u32) -> Result<(), kvm_ioctls::Error> {
+    let mut events = vcpu.events()?;
     events.exception.injected = 1;
     events.exception.nr = vector as u8;
     events.exception.has_error_code = 0;
     events.exception.error_code = 0;
-    vcpu.set_vcpu_events(&events)
+    vcpu.set_events(&events)
 }
 
-fn kernel_gs_base(vcpu: &VcpuFd) -> Result<u64, String> {
+fn kernel_gs_base(vcpu: &VcpuFd) -> Result<u64, DebugError> {
     let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
         index: MSR_KERNEL_GS_BASE,
         ..Default::default()
     }])
-    .map_err(|_| "MSR list".to_string())?;
-    vcpu.get_msrs(&mut msrs)
-        .map_err(|e| format!("KVM_GET_MSRS: {e}"))?;
+    .map_err(|_| DebugError::MsrList)?;
+    vcpu.get_msrs(&mut msrs).map_err(kvm("KVM_GET_MSRS"))?;
     Ok(msrs.as_slice()[0].data)
 }
 
@@ -213,15 +259,15 @@ const XSAVE_MXCSR_WORD: usize = 6;
 
 /// KVM_GET_FPU leaves MXCSR out on some hosts (and KVM_SET_FPU ignores it); the XSAVE area
 /// always has it.
-fn fpu_with_mxcsr(vcpu: &VcpuFd) -> Result<kvm_bindings::kvm_fpu, String> {
-    let mut fpu = vcpu.get_fpu().map_err(|e| format!("KVM_GET_FPU: {e}"))?;
+fn fpu_with_mxcsr(vcpu: &VcpuFd) -> Result<kvm_bindings::kvm_fpu, DebugError> {
+    let mut fpu = vcpu.get_fpu().map_err(kvm("KVM_GET_FPU"))?;
     if let Ok(xsave) = vcpu.get_xsave() {
         fpu.mxcsr = xsave.region[XSAVE_MXCSR_WORD];
     }
     Ok(fpu)
 }
 
-fn set_mxcsr(vcpu: &VcpuFd, mxcsr: u32) -> Result<(), String> {
+fn set_mxcsr(vcpu: &VcpuFd, mxcsr: u32) -> Result<(), DebugError> {
     let Ok(mut xsave) = vcpu.get_xsave() else {
         return Ok(());
     };
@@ -231,13 +277,12 @@ fn set_mxcsr(vcpu: &VcpuFd, mxcsr: u32) -> Result<(), String> {
     xsave.region[XSAVE_MXCSR_WORD] = mxcsr;
     // SAFETY: the buffer is the full legacy-size area KVM_GET_XSAVE just filled for this vCPU,
     // which is what KVM_SET_XSAVE reads.
-    unsafe { vcpu.set_xsave(&xsave) }
-        .map_err(|e| format!("KVM_SET_XSAVE (MXCSR {mxcsr:#x} refused?): {e}"))
+    unsafe { vcpu.set_xsave(&xsave) }.map_err(|source| DebugError::SetMxcsr { mxcsr, source })
 }
 
 /// GDB's register file from the vCPU.
-pub fn read_registers(vcpu: &VcpuFd) -> Result<X86_64KvmRegs, String> {
-    let regs = vcpu.get_regs().map_err(|e| format!("KVM_GET_REGS: {e}"))?;
+pub fn read_registers(vcpu: &VcpuFd) -> Result<X86_64KvmRegs, DebugError> {
+    let regs = vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?;
     let sregs = get_sregs(vcpu)?;
     let fpu = fpu_with_mxcsr(vcpu)?;
     Ok(X86_64KvmRegs::from_kvm(
@@ -249,26 +294,22 @@ pub fn read_registers(vcpu: &VcpuFd) -> Result<X86_64KvmRegs, String> {
 }
 
 /// Writes GDB's register file back, touching only what GDB can express.
-pub fn write_registers(vcpu: &VcpuFd, new: &X86_64KvmRegs) -> Result<(), String> {
-    let mut regs = vcpu.get_regs().map_err(|e| format!("KVM_GET_REGS: {e}"))?;
+pub fn write_registers(vcpu: &VcpuFd, new: &X86_64KvmRegs) -> Result<(), DebugError> {
+    let mut regs = vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?;
     let mut sregs = get_sregs(vcpu)?;
     let mut fpu = fpu_with_mxcsr(vcpu)?;
     let kgs = new.to_kvm(&mut regs, &mut sregs, &mut fpu);
-    vcpu.set_regs(&regs)
-        .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
-    vcpu.set_sregs(&sregs)
-        .map_err(|e| format!("KVM_SET_SREGS (a control register value the CPU refuses?): {e}"))?;
-    vcpu.set_fpu(&fpu)
-        .map_err(|e| format!("KVM_SET_FPU: {e}"))?;
+    vcpu.set_regs(&regs).map_err(kvm("KVM_SET_REGS"))?;
+    vcpu.set_sregs(&sregs).map_err(DebugError::SetSregs)?;
+    vcpu.set_fpu(&fpu).map_err(kvm("KVM_SET_FPU"))?;
     set_mxcsr(vcpu, fpu.mxcsr)?;
     let msrs = Msrs::from_entries(&[kvm_msr_entry {
         index: MSR_KERNEL_GS_BASE,
         data: kgs,
         ..Default::default()
     }])
-    .map_err(|_| "MSR list".to_string())?;
-    vcpu.set_msrs(&msrs)
-        .map_err(|e| format!("KVM_SET_MSRS: {e}"))?;
+    .map_err(|_| DebugError::MsrList)?;
+    vcpu.set_msrs(&msrs).map_err(kvm("KVM_SET_MSRS"))?;
     Ok(())
 }
 
@@ -297,12 +338,12 @@ impl From<&X86_64KvmRegs> for StopState {
 
 /// The vCPU's `StopState`. `synced`: KVM copied the registers into kvm_run at the exit just
 /// taken (see `set_guest_debug`) and nothing changed them since.
-pub fn read_stop_state(vcpu: &VcpuFd, synced: bool) -> Result<StopState, String> {
+pub fn read_stop_state(vcpu: &VcpuFd, synced: bool) -> Result<StopState, DebugError> {
     let (regs, sregs) = if synced {
         let s = vcpu.sync_regs();
         (s.regs, s.sregs)
     } else {
-        let regs = vcpu.get_regs().map_err(|e| format!("KVM_GET_REGS: {e}"))?;
+        let regs = vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?;
         (regs, get_sregs(vcpu)?)
     };
     Ok(StopState {
@@ -314,12 +355,13 @@ pub fn read_stop_state(vcpu: &VcpuFd, synced: bool) -> Result<StopState, String>
 }
 
 /// The vCPU's paging state, for the page-table walker.
-pub fn paging_context(vcpu: &VcpuFd) -> Result<PagingContext, String> {
-    get_sregs(vcpu).map(|s| paging_of(&s))
+pub fn paging_context(vcpu: &impl VcpuOps) -> Result<PagingContext, DebugError> {
+    let sregs = vcpu.sregs().map_err(kvm("KVM_GET_SREGS"))?;
+    Ok(paging_of(&sregs))
 }
 
-fn get_sregs(vcpu: &VcpuFd) -> Result<kvm_sregs, String> {
-    vcpu.get_sregs().map_err(|e| format!("KVM_GET_SREGS: {e}"))
+fn get_sregs(vcpu: &VcpuFd) -> Result<kvm_sregs, DebugError> {
+    vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))
 }
 
 fn paging_of(s: &kvm_sregs) -> PagingContext {
@@ -384,24 +426,23 @@ pub fn write_memory(
     space: AddressSpace,
     addr: u64,
     data: &[u8],
-) -> Result<(), String> {
+) -> Result<(), DebugError> {
     let mut pieces = Vec::new();
     let mut offset = 0;
     for (page_addr, chunk) in paging::split_by_page(addr, data.len()) {
-        let phys = physical(mem, ctx, space, page_addr)
-            .ok_or_else(|| format!("address {page_addr:#x} is not mapped to RAM"))?;
+        let phys = physical(mem, ctx, space, page_addr).ok_or(DebugError::NotMapped(page_addr))?;
         if !mem.check_range(GuestAddress(phys), chunk) {
-            return Err(format!("address {page_addr:#x} is not RAM"));
+            return Err(DebugError::NotRam(page_addr));
         }
         pieces.push((phys, offset, chunk));
         offset += chunk;
     }
     if offset != data.len() {
-        return Err(format!("range at {addr:#x} wraps around the address space"));
+        return Err(DebugError::Wraps(addr));
     }
     for (phys, off, chunk) in pieces {
         mem.write_slice(&data[off..off + chunk], GuestAddress(phys))
-            .map_err(|e| format!("write at {phys:#x}: {e}"))?;
+            .map_err(|source| DebugError::Write { addr: phys, source })?;
     }
     Ok(())
 }
@@ -414,12 +455,10 @@ fn physical(mem: &GuestMem, ctx: &PagingContext, space: AddressSpace, addr: u64)
 }
 
 /// The registers `monitor regs` shows beyond GDB's own: debug registers and descriptor tables.
-pub fn describe_system_registers(vcpu: &VcpuFd) -> Result<String, String> {
+pub fn describe_system_registers(vcpu: &VcpuFd) -> Result<String, DebugError> {
     let s = get_sregs(vcpu)?;
-    let d = vcpu
-        .get_debug_regs()
-        .map_err(|e| format!("KVM_GET_DEBUGREGS: {e}"))?;
-    let r = vcpu.get_regs().map_err(|e| format!("KVM_GET_REGS: {e}"))?;
+    let d = vcpu.get_debug_regs().map_err(kvm("KVM_GET_DEBUGREGS"))?;
+    let r = vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?;
     let seg = |n: &str, x: &kvm_bindings::kvm_segment| {
         format!(
             "{n:<4} sel {:#06x} base {:#018x} limit {:#010x} type {:#x} dpl {} l {} db {}\n",

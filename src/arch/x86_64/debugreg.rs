@@ -5,9 +5,6 @@
 //! (Intel SDM vol. 3, "Debug Registers"). KVM takes the values through
 //! `kvm_guest_debug_arch.debugreg` and reports hits through DR6.
 
-// The GDB stub that calls into this module is written separately.
-#![allow(dead_code)]
-
 use thiserror::Error;
 
 /// Number of hardware breakpoint slots (DR0-DR3).

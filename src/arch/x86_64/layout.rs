@@ -5,9 +5,6 @@
 //! The low megabyte follows the PC convention: real-mode structures at the bottom,
 //! the EBDA just below 640 KiB and the BIOS area from 0xe0000 to 1 MiB.
 
-// The boot code that consumes most of these is written separately.
-#![allow(dead_code)]
-
 /// Boot GDT (a handful of 8-byte descriptors; fits below the IDT).
 pub const GDT: u64 = 0x500;
 

@@ -5,17 +5,11 @@
 //! pointer goes at the start of the EBDA, where the OS searches for it, and the
 //! configuration table follows it immediately.
 
-// The VMM boot path that calls `setup_mptable` is written separately.
-#![allow(dead_code)]
-
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
+use super::cpu::MAX_CPUS;
 use super::layout::{IOAPIC_ADDR, LAPIC_ADDR, MPTABLE_START};
-
-/// Highest CPU count: APIC ids are 8 bits, 0xff is the broadcast id and the I/O
-/// APIC takes the id after the last CPU.
-pub const MAX_CPUS: u8 = 254;
 
 /// The table must stay below the legacy video/ROM hole that starts at 640 KiB.
 const MPTABLE_LIMIT: u32 = 0xa0000;

@@ -6,9 +6,6 @@
 //! Only the translation is modelled: access rights are reported, not enforced, and
 //! the walk never sets accessed/dirty bits.
 
-// The GDB stub that calls into this module is written separately.
-#![allow(dead_code)]
-
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 

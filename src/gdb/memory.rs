@@ -1,0 +1,79 @@
+//! Memory access (`m`, `x`, `M`, `X`): reads straight from guest RAM through the stopped
+//! vCPU's page tables, writes through the vCPU thread so they follow its earlier requests.
+
+use gdbstub::common::Tid;
+use gdbstub::target::{TargetError, TargetResult};
+
+use super::MAX_READ_PER_REQUEST;
+use super::target::GdbTarget;
+use crate::arch::debug as archdebug;
+use crate::vm_control::VcpuDebug;
+
+impl GdbTarget {
+    /// `m`/`x`: guest memory through the thread's vCPU, planted breakpoints hidden.
+    pub(super) fn read_memory(
+        &mut self,
+        start: u64,
+        data: &mut [u8],
+        tid: Tid,
+    ) -> TargetResult<usize, Self> {
+        // GDB sizes `m` requests to fit its packet size; a longer chunk can only come from a
+        // malformed request, which gdbstub would otherwise stream through all of RAM.
+        if data.len() > MAX_READ_PER_REQUEST {
+            return Err(TargetError::NonFatal);
+        }
+        let cpu = self.cpu_of(tid)?;
+        let bytes = self.read_raw(cpu, start, data.len())?;
+        if bytes.is_empty() && !data.is_empty() {
+            return Err(TargetError::NonFatal);
+        }
+        data[..bytes.len()].copy_from_slice(&bytes);
+        // GDB must see the code, not the int3 bytes we planted in it.
+        self.breakpoints
+            .hide_planted(start, &mut data[..bytes.len()]);
+        Ok(bytes.len())
+    }
+
+    /// `M`/`X`: writes guest memory through the thread's vCPU.
+    pub(super) fn write_memory(
+        &mut self,
+        start: u64,
+        data: &[u8],
+        tid: Tid,
+    ) -> TargetResult<(), Self> {
+        let cpu = self.cpu_of(tid)?;
+        // Keep planted int3 bytes in place; remember GDB's bytes as the originals instead.
+        let data = self.breakpoints.keep_planted(start, data);
+        self.write_raw(cpu, start, &data)
+    }
+
+    /// Raw guest memory through `cpu`'s view (breakpoint bytes included). The vCPU is paused,
+    /// so its page tables are where its registers say.
+    pub(super) fn read_raw(
+        &mut self,
+        cpu: usize,
+        addr: u64,
+        len: usize,
+    ) -> TargetResult<Vec<u8>, Self> {
+        let ctx = self.stop_state_of(cpu)?.paging;
+        Ok(archdebug::read_memory(
+            &self.mem,
+            &ctx,
+            self.address_space,
+            addr,
+            len,
+        ))
+    }
+
+    pub(super) fn write_raw(
+        &mut self,
+        cpu: usize,
+        addr: u64,
+        data: &[u8],
+    ) -> TargetResult<(), Self> {
+        self.vcpu_command(
+            cpu,
+            VcpuDebug::WriteMem(addr, data.to_vec(), self.address_space),
+        )
+    }
+}
