@@ -25,7 +25,7 @@ use crate::devices::serial::{
     spawn_input_thread,
 };
 use crate::devices::{PioBus, PioDevice};
-use crate::gdb::{GdbError, GdbListener, GdbServer, GdbSetup};
+use crate::gdb::{DebugCaps, GdbError, GdbListener, GdbServer, GdbSetup};
 use crate::loader::{self, BootSpec};
 use crate::memory::{self, GuestMem};
 use crate::terminal::RawTerminal;
@@ -366,8 +366,8 @@ pub fn build(config: &VmConfig, events: &Sender<VmEvent>) -> Result<Vm, VmError>
     )
     .map_err(VmError::Thread)?;
 
-    let block_irq_when_stepping = crate::arch::debug::host_blocks_irq_when_stepping(&kvm);
-    let host_syncs_regs = crate::arch::debug::host_syncs_regs(&kvm);
+    let block_irq_when_stepping = quirks.blocks_irq_when_stepping;
+    let host_syncs_regs = quirks.syncs_regs;
     let (debug_tx, debug_rx) = channel();
     let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?);
     let debug_channel = config
@@ -400,16 +400,18 @@ pub fn build(config: &VmConfig, events: &Sender<VmEvent>) -> Result<Vm, VmError>
                 wake,
                 vm: events.clone(),
                 mem: mem.clone(),
-                watchpoints_work: quirks.data_watchpoints_fire,
+                caps: DebugCaps {
+                    data_breakpoints_fire: quirks.data_watchpoints_fire,
+                    exec_breakpoints_fire: quirks.exec_breakpoints_fire,
+                    int3_exits: quirks.int3_exits,
+                },
                 vm_starts_paused: start_paused,
             },
         )?),
         None => None,
     };
-    if config.gdb.is_some() && !quirks.data_watchpoints_fire {
-        info!(
-            "this host's KVM never fires data breakpoints: minivmm emulates GDB's write watchpoints by single-stepping (slow) and refuses rwatch/awatch"
-        );
+    if config.gdb.is_some() {
+        tell_user_what_debugging_lacks(&quirks);
     }
     Ok(Vm {
         vcpus: handles,
@@ -417,4 +419,27 @@ pub fn build(config: &VmConfig, events: &Sender<VmEvent>) -> Result<Vm, VmError>
         console: console_thread,
         terminal,
     })
+}
+
+/// Says once, at start-up, which debugger features this host makes minivmm do differently.
+fn tell_user_what_debugging_lacks(quirks: &HostQuirks) {
+    if !quirks.data_watchpoints_fire {
+        info!(
+            "this host's KVM never fires data breakpoints: minivmm emulates GDB's write watchpoints by single-stepping (slow) and refuses rwatch/awatch"
+        );
+    }
+    match (quirks.int3_exits, quirks.exec_breakpoints_fire) {
+        (true, true) => {}
+        (false, true) => info!(
+            "this host's KVM never lets a guest's int3 reach minivmm: GDB's software breakpoints use the debug registers (four at most, shared with hbreak and watch)"
+        ),
+        (true, false) => {
+            info!(
+                "this host's KVM never fires execution breakpoints: hbreak is refused (break works)"
+            )
+        }
+        (false, false) => info!(
+            "this host's KVM neither lets int3 reach minivmm nor fires execution breakpoints: GDB's break and hbreak are refused"
+        ),
+    }
 }

@@ -1055,7 +1055,7 @@ fn debugreg() {
 // gdbstub
 
 use fuzz_support::fake_vm::{self, FakeVm};
-use minivmm::gdb::AfterSession;
+use minivmm::gdb::{AfterSession, DebugCaps};
 
 /// A GDB session case: the fake VM's seed and shape, and one packet stream per connection
 /// (the target, like minivmm's GDB thread, lives across connections).
@@ -1063,7 +1063,7 @@ use minivmm::gdb::AfterSession;
 struct GdbCase {
     vm_seed: u64,
     cpus: usize,
-    watchpoints_work: bool,
+    caps: DebugCaps,
     starts_paused: bool,
     sessions: Vec<Vec<u8>>,
 }
@@ -1328,7 +1328,11 @@ fn gen_gdb(rng: &mut Rng) -> GdbCase {
     GdbCase {
         vm_seed: rng.next(),
         cpus: 1 + rng.index(3),
-        watchpoints_work: rng.chance(1, 2),
+        caps: DebugCaps {
+            data_breakpoints_fire: rng.chance(1, 2),
+            exec_breakpoints_fire: rng.chance(3, 4),
+            int3_exits: rng.chance(3, 4),
+        },
         starts_paused: rng.chance(1, 2),
         sessions: (0..1 + rng.index(3)).map(|_| gen_stream(rng)).collect(),
     }
@@ -1364,7 +1368,7 @@ fn check_stub_output(out: &[u8]) {
 }
 
 fn run_gdb(c: &GdbCase) {
-    let (vm, mut target) = FakeVm::start(c.vm_seed, c.cpus, c.watchpoints_work, c.starts_paused);
+    let (vm, mut target) = FakeVm::start(c.vm_seed, c.cpus, c.caps, c.starts_paused);
     for input in &c.sessions {
         let (reason, after, output) = minivmm::gdb::fuzz_session(&mut target, input);
         if std::env::var_os("MINIVMM_FUZZ_VERBOSE").is_some() {
@@ -1423,10 +1427,10 @@ fn run_gdb(c: &GdbCase) {
 fn gdb_to_bytes(c: &GdbCase) -> Vec<u8> {
     // The streams, one per connection, after a line describing the fake VM.
     let mut out = format!(
-        "vm_seed={:#x} cpus={} watchpoints_work={} starts_paused={} sessions={}\n",
+        "vm_seed={:#x} cpus={} caps={:?} starts_paused={} sessions={}\n",
         c.vm_seed,
         c.cpus,
-        c.watchpoints_work,
+        c.caps,
         c.starts_paused,
         c.sessions.len()
     )

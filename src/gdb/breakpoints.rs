@@ -1,7 +1,7 @@
 //! Software breakpoints (int3 bytes the stub plants and hides), hardware breakpoints and
 //! watchpoints (the four debug registers, shared, armed on every vCPU).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use gdbstub::target::TargetResult;
 use gdbstub::target::ext::breakpoints::{
@@ -35,6 +35,9 @@ struct Watch {
 pub struct Breakpoints {
     /// Planted software breakpoints: address → the byte the int3 replaced.
     sw: BTreeMap<u64, u8>,
+    /// Software breakpoints held in a debug register instead, on a host where a guest's
+    /// int3 never reaches minivmm.
+    sw_in_debugregs: BTreeSet<u64>,
     hw: HwSlots,
     watches: Vec<Watch>,
     /// What the vCPUs were last given.
@@ -121,6 +124,7 @@ impl Breakpoints {
         }
         let b = &mut target.breakpoints;
         b.sw.clear();
+        b.sw_in_debugregs.clear();
         b.hw.clear();
         b.watches.clear();
         Breakpoints::sync_to_vcpus(target)?;
@@ -147,8 +151,50 @@ impl BreakpointsExt for GdbTarget {
     }
 }
 
+fn exec_slot(addr: u64) -> HwSlot {
+    HwSlot {
+        addr,
+        kind: HwBreakKind::Execute,
+        len: 1,
+    }
+}
+
+impl GdbTarget {
+    /// `break` where an int3 would go to the guest instead of minivmm (and kill it): a
+    /// debug register does the job while one is free.
+    fn add_sw_breakpoint_in_debugreg(&mut self, addr: u64) -> bool {
+        if !self.caps.exec_breakpoints_fire {
+            info!(
+                "breakpoint at {addr:#x} refused: on this host int3 never reaches minivmm and execution breakpoints never fire"
+            );
+            return false;
+        }
+        if self.breakpoints.sw_in_debugregs.contains(&addr) {
+            return true;
+        }
+        match self.breakpoints.hw.add(exec_slot(addr)) {
+            Ok(_) => {
+                debug!(
+                    "breakpoint at {addr:#x} in a debug register (int3 never reaches minivmm here)"
+                );
+                self.breakpoints.sw_in_debugregs.insert(addr);
+                true
+            }
+            Err(e) => {
+                info!(
+                    "breakpoint at {addr:#x} refused: on this host breakpoints need a debug register ({e})"
+                );
+                false
+            }
+        }
+    }
+}
+
 impl SwBreakpoint for GdbTarget {
     fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        if !self.caps.int3_exits {
+            return Ok(self.add_sw_breakpoint_in_debugreg(addr));
+        }
         if self.breakpoints.sw.contains_key(&addr) {
             return Ok(true);
         }
@@ -165,6 +211,13 @@ impl SwBreakpoint for GdbTarget {
     }
 
     fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        if self.breakpoints.sw_in_debugregs.remove(&addr) {
+            return Ok(self
+                .breakpoints
+                .hw
+                .remove(addr, HwBreakKind::Execute, 1)
+                .is_ok());
+        }
         let Some(orig) = self.breakpoints.sw.remove(&addr) else {
             return Ok(false);
         };
@@ -176,12 +229,13 @@ impl SwBreakpoint for GdbTarget {
 
 impl HwBreakpoint for GdbTarget {
     fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        let slot = HwSlot {
-            addr,
-            kind: HwBreakKind::Execute,
-            len: 1,
-        };
-        match self.breakpoints.hw.add(slot) {
+        if !self.caps.exec_breakpoints_fire {
+            info!(
+                "hardware breakpoint at {addr:#x} refused: this host's KVM never fires execution breakpoints"
+            );
+            return Ok(false);
+        }
+        match self.breakpoints.hw.add(exec_slot(addr)) {
             Ok(_) => Ok(true),
             Err(e) => {
                 // At info, unlike other refusals: GDB only says it could not insert the
@@ -250,7 +304,7 @@ impl HwWatchpoint for GdbTarget {
         len: u64,
         kind: WatchKind,
     ) -> TargetResult<bool, Self> {
-        if !self.watchpoints_work {
+        if !self.caps.data_breakpoints_fire {
             return Ok(self.add_soft_watchpoint(addr, len, kind));
         }
         let pieces: Vec<HwSlot> = match debugreg::split_watch_range(addr, len) {

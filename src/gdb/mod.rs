@@ -91,6 +91,17 @@ pub struct GdbServer {
 }
 
 /// Everything the GDB thread needs from the VMM.
+/// What this host's KVM does for a debugger (the start-up probe tried each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DebugCaps {
+    /// Debug-register data breakpoints fire (else write watchpoints are emulated by stepping).
+    pub data_breakpoints_fire: bool,
+    /// Debug-register execution breakpoints fire (else hbreak is refused).
+    pub exec_breakpoints_fire: bool,
+    /// A guest int3 reaches minivmm (else `break` takes a debug register).
+    pub int3_exits: bool,
+}
+
 pub struct GdbSetup {
     pub vcpus: Vec<Sender<VcpuControl>>,
     pub from_vcpu: Receiver<VcpuDebugStatusMessage>,
@@ -98,8 +109,8 @@ pub struct GdbSetup {
     pub vm: Sender<VmEvent>,
     /// Guest RAM, which the GDB thread reads itself.
     pub mem: GuestMem,
-    /// Hardware data watchpoints fire on this host.
-    pub watchpoints_work: bool,
+    /// What this host's KVM does for a debugger.
+    pub caps: DebugCaps,
     /// The VM starts paused, so this first session begins before the first instruction.
     pub vm_starts_paused: bool,
 }

@@ -3,6 +3,7 @@
 use gdbstub::outputln;
 use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd};
 
+use super::DebugCaps;
 use super::target::GdbTarget;
 use crate::arch::debug::AddressSpace;
 use crate::vm_control::{VcpuDebug, VcpuDebugStatus};
@@ -12,6 +13,7 @@ minivmm monitor commands (they apply to the current thread's vCPU):
   monitor regs            control, segment, descriptor-table and debug registers
   monitor translate ADDR  walk the page tables for a virtual address, level by level
   monitor phys on|off     treat memory addresses as guest-physical (on) or virtual (off)
+  monitor host            how this host's KVM serves break, hbreak and watch
   monitor quit            end minivmm
   monitor help            this text";
 
@@ -21,6 +23,31 @@ fn parse_addr(s: &str) -> Option<u64> {
         Some(hex) => u64::from_str_radix(hex, 16).ok(),
         None => s.parse().ok(),
     }
+}
+
+/// What `break`, `hbreak` and `watch` use on this host, in a GDB user's words.
+fn describe_caps(caps: &DebugCaps) -> [&'static str; 3] {
+    [
+        match (caps.int3_exits, caps.exec_breakpoints_fire) {
+            (true, _) => "break: int3 planted in guest memory (any number)",
+            (false, true) => {
+                "break: a debug register (int3 never reaches minivmm on this host; four at most, shared with hbreak and watch)"
+            }
+            (false, false) => {
+                "break: refused (int3 never reaches minivmm and execution breakpoints never fire here)"
+            }
+        },
+        if caps.exec_breakpoints_fire {
+            "hbreak: debug registers DR0-DR3"
+        } else {
+            "hbreak: refused (execution breakpoints never fire on this host)"
+        },
+        if caps.data_breakpoints_fire {
+            "watch/rwatch/awatch: debug registers DR0-DR3"
+        } else {
+            "watch: emulated by single-stepping (data breakpoints never fire on this host); rwatch/awatch: refused"
+        },
+    ]
 }
 
 impl MonitorCmd for GdbTarget {
@@ -92,6 +119,11 @@ impl MonitorCmd for GdbTarget {
                     "virtual"
                 }
             ),
+            ["host"] => {
+                for line in describe_caps(&self.caps) {
+                    outputln!(out, "{line}");
+                }
+            }
             ["quit"] => {
                 outputln!(out, "ending minivmm");
                 self.end_vm();

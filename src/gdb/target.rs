@@ -20,7 +20,7 @@ use super::breakpoints::Breakpoints;
 use super::conn::SessionConn;
 use super::resume::Action;
 use super::threads::tid_of;
-use super::{GdbError, GdbSetup, Waited};
+use super::{DebugCaps, GdbError, GdbSetup, Waited};
 use crate::arch::debug::{AddressSpace, DebugStop, StopState};
 use crate::arch::gdb::{X86_64Kvm, X86_64KvmRegs};
 use crate::memory::GuestMem;
@@ -60,7 +60,7 @@ pub struct GdbTarget {
     /// Both are dropped when the vCPU may run again or GDB writes its registers.
     pub(super) regs: Vec<Option<Box<X86_64KvmRegs>>>,
     pub(super) breakpoints: Breakpoints,
-    pub(super) watchpoints_work: bool,
+    pub(super) caps: DebugCaps,
     pub(super) vm_ended: bool,
 }
 
@@ -84,7 +84,7 @@ impl GdbTarget {
             stop_state: vec![None; n],
             regs: vec![None; n],
             breakpoints: Breakpoints::default(),
-            watchpoints_work: setup.watchpoints_work,
+            caps: setup.caps,
             vm_ended: false,
         }
     }

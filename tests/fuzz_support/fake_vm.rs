@@ -12,7 +12,7 @@ use minivmm::arch::debug::{self as archdebug, DebugStop, SoftWatch, StopState};
 use minivmm::arch::debugreg::{HwBreakKind, HwSlot, NUM_SLOTS, debugreg_array};
 use minivmm::arch::gdb::X86_64KvmRegs;
 use minivmm::arch::paging::PagingContext;
-use minivmm::gdb::{GdbSetup, GdbTarget};
+use minivmm::gdb::{DebugCaps, GdbSetup, GdbTarget};
 use minivmm::memory::GuestMem;
 use minivmm::vm_control::{
     DebugChannel, VcpuControl, VcpuDebug, VcpuDebugStatus, VmEnd, VmEvent, VmRequest, VmResponse,
@@ -77,7 +77,7 @@ impl FakeVm {
     pub fn start(
         seed: u64,
         cpus: usize,
-        watchpoints_work: bool,
+        caps: DebugCaps,
         starts_paused: bool,
     ) -> (FakeVm, GdbTarget) {
         let mut rng = Rng::new(seed);
@@ -150,7 +150,7 @@ impl FakeVm {
             wake,
             vm: vm_tx,
             mem,
-            watchpoints_work,
+            caps,
             vm_starts_paused: starts_paused,
         });
         (FakeVm { model, threads }, target)

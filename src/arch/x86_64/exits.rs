@@ -73,6 +73,10 @@ impl DebugTraps {
         for w in self.soft_watches.iter_mut() {
             // Every watch refreshes its snapshot, so one write is reported once.
             if w.changed(mem, &ctx) && hit.is_none() {
+                debug!(
+                    "Watch at {:#x} by single-stepping (memory compared)",
+                    w.addr
+                );
                 hit = Some(DebugStop::Watch {
                     addr: w.addr,
                     kind: HwBreakKind::Write,
@@ -96,7 +100,14 @@ pub fn handle_debug_exit(
         DebugExit::Stop(DebugStop::Step) => {
             ArchExit::DebugStop(traps.soft_watch_hit(vcpu, mem).unwrap_or(DebugStop::Step))
         }
-        DebugExit::Stop(stop) => ArchExit::DebugStop(stop),
+        DebugExit::Stop(stop) => {
+            // Which mechanism stopped the vCPU differs by host; tests assert it from this.
+            debug!(
+                "{stop:?} at {:#x} through KVM_EXIT_DEBUG (exception {})",
+                exit.pc, exit.exception
+            );
+            ArchExit::DebugStop(stop)
+        }
         DebugExit::WatchStep => match traps.soft_watch_hit(vcpu, mem) {
             Some(stop) => ArchExit::DebugStop(stop),
             None => ArchExit::Continue,
@@ -146,7 +157,10 @@ pub fn handle_internal_error(
         match breakpoint_failure(&fault.bytes, linear_rip, &traps.sw_breakpoints, rerun_at) {
             // This host reports int3 as an emulation failure; RIP is still at the int3,
             // exactly where a debugger expects a software breakpoint stop.
-            BreakpointFailure::Hit => return ArchExit::DebugStop(DebugStop::SwBreak),
+            BreakpointFailure::Hit => {
+                debug!("vCPU {cpu}: SwBreak at {linear_rip:#x} through an emulation failure");
+                return ArchExit::DebugStop(DebugStop::SwBreak);
+            }
             BreakpointFailure::Lifted => {
                 debug!(
                     "vCPU {cpu}: breakpoint at {linear_rip:#x} lifted under its int3; running the instruction again"
