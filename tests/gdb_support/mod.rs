@@ -84,6 +84,11 @@ impl Vmm {
     /// Starts `minivmm --kernel <guest> --gdb <free port> <extra...>` (the VM waits for GDB)
     /// and returns once the stub listens.
     pub fn start(guest_name: &str, extra: &[&str]) -> Vmm {
+        Vmm::start_logging(guest_name, extra, "minivmm=info")
+    }
+
+    /// [`Vmm::start`] with another `RUST_LOG` (`minivmm=debug` logs how each stop came about).
+    pub fn start_logging(guest_name: &str, extra: &[&str], rust_log: &str) -> Vmm {
         let guest = guest(guest_name);
         // A port can be taken between free_port() and minivmm's bind; try a few.
         let mut last_log = String::new();
@@ -95,7 +100,7 @@ impl Vmm {
                 .arg("--gdb")
                 .arg(port.to_string())
                 .args(extra)
-                .env("RUST_LOG", "minivmm=info")
+                .env("RUST_LOG", rust_log)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
