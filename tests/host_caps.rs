@@ -9,10 +9,9 @@
 
 mod common;
 mod gdb_support;
-mod host;
 
+use gdb_support::host::{SwBreakPath, TestHost, not_exercised};
 use gdb_support::{Vmm, gdb};
-use host::{SwBreakPath, TestHost, not_exercised};
 
 const GDBTEST_DONE: &str = "gdbtest: counter=5";
 const EXITED: &str = "[Inferior 1 (process 1) exited normally]";

@@ -13,6 +13,9 @@
 // Each test crate that includes this module uses a different subset of it.
 #![allow(dead_code)]
 
+#[path = "../host/mod.rs"]
+pub mod host;
+
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -153,10 +156,19 @@ impl Vmm {
         self.stderr.text()
     }
 
-    /// Whether this host's KVM fires hardware data breakpoints, as minivmm's start-up probe
-    /// found (it logs "never fires data breakpoints" when they do not).
+    /// Whether this host's KVM fires hardware data breakpoints (as the host is known to be),
+    /// after checking that minivmm's probe found the same (it logs "never fires data
+    /// breakpoints" when they do not).
     pub fn hw_watchpoints_fire(&self) -> bool {
-        !self.log().contains("never fires data breakpoints")
+        let host = host::TestHost::current();
+        let probe_says = !self.log().contains("never fires data breakpoints");
+        assert_eq!(
+            probe_says,
+            host.data_breakpoints_fire(),
+            "on a {host:?} host the probe found data breakpoints firing: {probe_says}\n{}",
+            self.describe()
+        );
+        probe_says
     }
 
     /// Writes to the guest's serial input.

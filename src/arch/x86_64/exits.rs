@@ -182,7 +182,12 @@ pub fn handle_internal_error(
             // Only a host that emulates guest code gets here: deliver the #BP the guest
             // would have taken on hardware.
             return match assist::inject_breakpoint(&*vcpu, &fault) {
-                Ok(()) => ArchExit::Continue,
+                Ok(()) => {
+                    debug!(
+                        "vCPU {cpu}: the guest's own int3 at {linear_rip:#x} given to it as #BP (an emulation failure)"
+                    );
+                    ArchExit::Continue
+                }
                 Err(e) => ArchExit::Crash(format!("could not inject #BP: {e}")),
             };
         }
