@@ -18,6 +18,7 @@ use crate::arch::boot::{self, BootEntry};
 use crate::arch::cpu::{self, CpuidFilter};
 use crate::arch::probe::{HostQuirks, probe_host};
 use crate::arch::{acpi, mptable};
+use crate::coredump::{CoreError, CoreFile};
 use crate::devices::acpi_pm::{AcpiPm, PM_BASE, PM_LEN};
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use crate::devices::serial::{
@@ -49,6 +50,8 @@ pub struct VmConfig {
     pub gdb_wait: bool,
     /// On a host that emulates guest code, add LINUX_EMULATED_HOST_ARGS to a Linux command line.
     pub host_workarounds: bool,
+    /// Where to write a core file of the guest when it dies (panic, triple fault, ...).
+    pub core: Option<PathBuf>,
 }
 
 /// Features such a host advertises in CPUID whatever minivmm asks, but cannot run: Linux must
@@ -103,6 +106,9 @@ pub enum VmError {
     /// The GDB port cannot be bound or its thread started.
     #[error(transparent)]
     Gdb(#[from] GdbError),
+    /// The --core path cannot be written.
+    #[error(transparent)]
+    Core(#[from] CoreError),
     /// An eventfd (serial IRQ, GDB wake-up) cannot be created.
     #[error("cannot create an eventfd: {0}")]
     EventFd(std::io::Error),
@@ -295,6 +301,10 @@ fn setup_devices(vm: &VmFd, events: &Sender<VmEvent>) -> Result<Devices, VmError
 
 /// A built VM, running or about to: the vCPU threads, the GDB thread and the console.
 pub struct Vm {
+    /// Guest RAM (shared with the vCPUs and the GDB thread).
+    pub mem: GuestMem,
+    /// The core file to write if the guest dies.
+    pub core: Option<CoreFile>,
     pub vcpus: Vec<VcpuHandle>,
     /// The GDB thread and the channel on which the VM tells it how the VM ended.
     pub debugger: Option<(GdbServer, DebugChannel)>,
@@ -313,6 +323,7 @@ pub fn build(config: &VmConfig, events: &Sender<VmEvent>) -> Result<Vm, VmError>
     // the guest's size, which fits the host: a device like /dev/zero cannot exhaust it.
     let mem_bytes = config.mem_mib.saturating_mul(1 << 20);
     let images = loader::read_images(&config.kernel, config.initrd.as_deref(), mem_bytes)?;
+    let core = config.core.as_deref().map(CoreFile::create).transpose()?;
     let kvm = open_kvm(config)?;
     let gdb_listener = config.gdb.map(GdbListener::bind).transpose()?;
     let (mem, vm, rsdp) = build_vm(&kvm, config.mem_mib, config.cpus as u8)?;
@@ -414,6 +425,8 @@ pub fn build(config: &VmConfig, events: &Sender<VmEvent>) -> Result<Vm, VmError>
         tell_user_what_debugging_lacks(&quirks);
     }
     Ok(Vm {
+        mem,
+        core,
         vcpus: handles,
         debugger: gdb_server.zip(debug_channel),
         console: console_thread,

@@ -4,6 +4,7 @@
 
 pub mod arch;
 pub mod builder;
+pub mod coredump;
 pub mod devices;
 pub mod gdb;
 pub mod loader;

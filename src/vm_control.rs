@@ -10,6 +10,7 @@ use std::sync::mpsc::Sender;
 
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::arch::coredump::CpuSnapshot;
 use crate::arch::debug::{AddressSpace, DebugStop, StopState};
 use crate::arch::debugreg::{HwSlot, NUM_SLOTS};
 use crate::arch::gdb::X86_64KvmRegs;
@@ -65,6 +66,8 @@ pub enum VcpuControl {
     Exit,
     /// A debugger request, served only while paused; answered on the debug channel.
     Debug(VcpuDebug),
+    /// Stop running (for good: the VM is ending) and send the vCPU's state, for a core file.
+    Snapshot(Sender<(usize, Result<CpuSnapshot, String>)>),
 }
 
 /// Debugger requests to one vCPU. Memory reads, GDB's most frequent request, need none: the

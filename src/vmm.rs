@@ -3,12 +3,16 @@
 
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread;
+use std::time::{Duration, Instant};
 
-use log::debug;
+use log::{debug, warn};
 
+use crate::arch::coredump::CpuSnapshot;
 use crate::builder::{self, Vm};
 pub use crate::builder::{LINUX_EMULATED_HOST_ARGS, VmConfig, VmError};
+use crate::coredump::{CoreError, CoreFile, CoreSummary};
 use crate::gdb::GdbServer;
+use crate::memory::GuestMem;
 use crate::vcpu::VcpuHandle;
 use crate::vm_control::{
     DebugChannel, VcpuControl, VcpuDebugStatus, VcpuFault, VmEnd, VmEvent, VmRequest, VmResponse,
@@ -33,9 +37,22 @@ pub mod status {
     pub const VCPU_ERROR: u8 = 4;
     pub const USER_QUIT: u8 = 5;
     pub const DEBUGGER_KILL: u8 = 6;
+    /// The VM ended as stderr says, but the core file asked for could not be written.
+    pub const CORE_FAILED: u8 = 9;
 }
 
 impl Outcome {
+    /// For endings that want a core file (the guest died, or was ended from outside before
+    /// it finished): the vCPU to show first. Clean reboots, power-off and the user's or
+    /// debugger's quit want none.
+    pub fn dying_cpu(&self) -> Option<usize> {
+        match self {
+            Outcome::TripleFault { cpu } | Outcome::Crashed { cpu, .. } => Some(*cpu),
+            Outcome::Signal(sig) if *sig == libc::SIGTERM => Some(0),
+            _ => None,
+        }
+    }
+
     /// The process exit status for this ending.
     pub fn exit_status(&self) -> u8 {
         match self {
@@ -101,11 +118,13 @@ fn tell_debugger_vm_ended(gdb: &GdbServer, channel: &DebugChannel, outcome: &Out
 }
 
 /// Builds the VM and runs it until it ends.
-pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
+pub fn run(config: &VmConfig) -> Result<Ended, VmError> {
     let signals = block_forwarded_signals();
     let (events_tx, events_rx) = channel();
     forward_signals(signals, events_tx.clone())?;
     let Vm {
+        mem,
+        core,
         vcpus: mut handles,
         debugger,
         console,
@@ -114,6 +133,13 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
     drop(events_tx);
 
     let outcome = control_loop(&events_rx, &handles);
+    let core = core.and_then(|core| match outcome.dying_cpu() {
+        Some(first) => Some(write_core(core, &mem, &handles, first)),
+        None => {
+            core.discard();
+            None
+        }
+    });
     if let Some((gdb, channel)) = &debugger {
         tell_debugger_vm_ended(gdb, channel, &outcome);
     }
@@ -126,8 +152,47 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmError> {
     // Everything the guest printed reaches stdout before minivmm exits.
     console.finish();
     drop(terminal);
-    Ok(outcome)
+    Ok(Ended { outcome, core })
 }
+
+/// How the VM ended, and the core file written (or not) for it.
+#[derive(Debug)]
+pub struct Ended {
+    pub outcome: Outcome,
+    pub core: Option<Result<CoreSummary, CoreError>>,
+}
+
+/// Asks every vCPU for its state (they stop for good) and writes the core.
+fn write_core(
+    core: CoreFile,
+    mem: &GuestMem,
+    vcpus: &[VcpuHandle],
+    first: usize,
+) -> Result<CoreSummary, CoreError> {
+    let (tx, rx) = channel();
+    for v in vcpus {
+        v.send(VcpuControl::Snapshot(tx.clone()));
+    }
+    drop(tx);
+    let mut cpus = vec![CpuSnapshot::default(); vcpus.len()];
+    let deadline = Instant::now() + SNAPSHOT_TIMEOUT;
+    for _ in vcpus {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((cpu, Ok(state))) if cpu < cpus.len() => cpus[cpu] = state,
+            Ok((cpu, Err(e))) => warn!("core file: vCPU {cpu}'s registers could not be read: {e}"),
+            Ok(_) => {}
+            Err(_) => {
+                warn!("core file: a vCPU did not answer; its registers are zero in the core");
+                break;
+            }
+        }
+    }
+    core.write(mem, &cpus, first)
+}
+
+/// A wedged vCPU must not keep the core (and minivmm's exit) waiting.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn control_loop(events: &Receiver<VmEvent>, vcpus: &[VcpuHandle]) -> Outcome {
     loop {

@@ -21,6 +21,7 @@ use log::{debug, error};
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::arch::VcpuOps;
+use crate::arch::coredump::CpuSnapshot;
 use crate::arch::exits::DebugTraps;
 use crate::devices::PioBus;
 use crate::memory::GuestMem;
@@ -176,6 +177,14 @@ impl Vcpu {
                     }
                     VcpuControl::Resume => paused.store(false, Ordering::SeqCst),
                     VcpuControl::Exit => return,
+                    VcpuControl::Snapshot(reply) => {
+                        if !paused.load(Ordering::SeqCst) {
+                            self.complete_pending_exit();
+                            paused.store(true, Ordering::SeqCst);
+                        }
+                        let state = CpuSnapshot::capture(&self.fd).map_err(|e| e.to_string());
+                        let _ = reply.send((self.index, state));
+                    }
                     VcpuControl::Debug(req) => {
                         let answer = if paused.load(Ordering::SeqCst) {
                             self.vcpu_control_debug(req, debug, paused)

@@ -64,7 +64,7 @@ pub enum DebugError {
 }
 
 /// Maps a failed ioctl to a `DebugError` naming it.
-fn kvm(ioctl: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> DebugError {
+pub(crate) fn kvm(ioctl: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> DebugError {
     move |source| DebugError::Kvm { ioctl, source }
 }
 
@@ -244,7 +244,7 @@ pub fn reinject_exception(vcpu: &impl VcpuOps, vector: u32) -> Result<(), kvm_io
     vcpu.set_events(&events)
 }
 
-fn kernel_gs_base(vcpu: &VcpuFd) -> Result<u64, DebugError> {
+pub fn read_kernel_gs_base(vcpu: &VcpuFd) -> Result<u64, DebugError> {
     let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
         index: MSR_KERNEL_GS_BASE,
         ..Default::default()
@@ -289,7 +289,7 @@ pub fn read_registers(vcpu: &VcpuFd) -> Result<X86_64KvmRegs, DebugError> {
         &regs,
         &sregs,
         &fpu,
-        kernel_gs_base(vcpu)?,
+        read_kernel_gs_base(vcpu)?,
     ))
 }
 

@@ -3,6 +3,7 @@
 pub mod acpi;
 pub mod assist;
 pub mod boot;
+pub mod coredump;
 pub mod cpu;
 pub mod debug;
 pub mod debugreg;

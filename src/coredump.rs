@@ -1,0 +1,437 @@
+//! ELF64 core files of the whole guest, as QEMU's `dump-guest-memory` writes them and GDB
+//! and `crash` read them: one PT_LOAD per RAM region (`p_paddr` guest-physical, `p_vaddr`
+//! Linux's direct-map address where the guest's page tables show one), extra PT_LOADs over
+//! the same file bytes for the kernel image's mapping, and notes: per vCPU an NT_PRSTATUS
+//! (the vCPU that died first leads, so it is GDB's current thread) and a QEMU CPU state,
+//! then the guest's VMCOREINFO when it published one.
+//!
+//! The file is written under a temporary name opened at start-up (so an unwritable path is
+//! refused before the guest runs) and renamed only once complete: a full disk never leaves
+//! a half file under the name asked for. RAM is streamed from guest memory (no copy), and
+//! pages of zeros are left as holes.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::arch::coredump::{
+    CpuSnapshot, KernelMappings, NT_PRSTATUS, NT_QEMU, find_vmcoreinfo, kernel_mappings, prstatus,
+    qemu_cpu_state,
+};
+use crate::memory::GuestMem;
+
+/// Why a core file could not be written.
+#[derive(Debug, Error)]
+pub enum CoreError {
+    /// The temporary file beside the path cannot be created: checked at start-up.
+    #[error(
+        "cannot write a core file at {path}: {source} (give --core a path in a writable directory)"
+    )]
+    Create { path: PathBuf, source: io::Error },
+    /// Writing failed (a full disk, say); nothing is left under the path.
+    #[error("writing the core file {path} failed: {source}; no core was kept")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+/// A core file waiting to be written: opened (as `PATH.partial`) when the VM starts.
+#[derive(Debug)]
+pub struct CoreFile {
+    path: PathBuf,
+    partial: PathBuf,
+    file: File,
+}
+
+/// What a written core holds, for the line minivmm prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoreSummary {
+    pub path: PathBuf,
+    pub bytes_of_ram: u64,
+    pub cpus: usize,
+    pub vmcoreinfo: bool,
+    pub direct_map: Option<u64>,
+}
+
+const ELF_HEADER_LEN: u64 = 64;
+const PHDR_LEN: u64 = 56;
+const PT_LOAD: u32 = 1;
+const PT_NOTE: u32 = 4;
+const PF_RWX: u32 = 7;
+const PAGE: u64 = 4096;
+
+/// One program header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Phdr {
+    kind: u32,
+    offset: u64,
+    vaddr: u64,
+    paddr: u64,
+    filesz: u64,
+}
+
+/// One ELF note: name, type, contents.
+struct Note<'a> {
+    name: &'a str,
+    kind: u32,
+    desc: &'a [u8],
+}
+
+fn pad4(v: &mut Vec<u8>) {
+    while v.len() % 4 != 0 {
+        v.push(0);
+    }
+}
+
+fn encode_notes(notes: &[Note]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for n in notes {
+        out.extend_from_slice(&(n.name.len() as u32 + 1).to_le_bytes());
+        out.extend_from_slice(&(n.desc.len() as u32).to_le_bytes());
+        out.extend_from_slice(&n.kind.to_le_bytes());
+        out.extend_from_slice(n.name.as_bytes());
+        out.push(0);
+        pad4(&mut out);
+        out.extend_from_slice(n.desc);
+        pad4(&mut out);
+    }
+    out
+}
+
+/// Program headers for `regions` (guest-physical start, length): the notes first, then
+/// RAM page-aligned after them, each region once; then the kernel image's mappings over
+/// the same bytes. Returns the headers and where RAM starts in the file.
+fn layout(regions: &[(u64, u64)], notes_len: u64, maps: &KernelMappings) -> Vec<Phdr> {
+    let n_image = maps
+        .image
+        .iter()
+        .filter(|m| file_offset_in(regions, 0, m.paddr, m.len).is_some())
+        .count();
+    let phnum = 1 + regions.len() + n_image;
+    let notes_at = ELF_HEADER_LEN + PHDR_LEN * phnum as u64;
+    let ram_at = (notes_at + notes_len).div_ceil(PAGE) * PAGE;
+    let mut out = vec![Phdr {
+        kind: PT_NOTE,
+        offset: notes_at,
+        vaddr: 0,
+        paddr: 0,
+        filesz: notes_len,
+    }];
+    let mut offset = ram_at;
+    for &(start, len) in regions {
+        out.push(Phdr {
+            kind: PT_LOAD,
+            offset,
+            // Without a Linux direct map, guest-physical is the best address GDB can use
+            // (the test guests map memory one to one).
+            vaddr: maps.direct_map.map_or(start, |o| start.wrapping_add(o)),
+            paddr: start,
+            filesz: len,
+        });
+        offset += len;
+    }
+    for m in &maps.image {
+        if let Some(at) = file_offset_in(regions, ram_at, m.paddr, m.len) {
+            out.push(Phdr {
+                kind: PT_LOAD,
+                offset: at,
+                vaddr: m.vaddr,
+                paddr: m.paddr,
+                filesz: m.len,
+            });
+        }
+    }
+    out
+}
+
+/// Where guest-physical `[paddr, paddr + len)` lies in the file when RAM starts at `ram_at`.
+fn file_offset_in(regions: &[(u64, u64)], ram_at: u64, paddr: u64, len: u64) -> Option<u64> {
+    let mut offset = ram_at;
+    for &(start, rlen) in regions {
+        if paddr >= start && paddr + len <= start + rlen {
+            return Some(offset + paddr - start);
+        }
+        offset += rlen;
+    }
+    None
+}
+
+fn elf_header(phnum: u16) -> Vec<u8> {
+    let mut h = Vec::with_capacity(ELF_HEADER_LEN as usize);
+    h.extend_from_slice(b"\x7fELF");
+    h.extend_from_slice(&[2, 1, 1, 0]); // 64-bit, little-endian, version 1, System V ABI
+    h.extend_from_slice(&[0; 8]);
+    h.extend_from_slice(&4u16.to_le_bytes()); // ET_CORE
+    h.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    h.extend_from_slice(&1u32.to_le_bytes());
+    h.extend_from_slice(&0u64.to_le_bytes()); // e_entry
+    h.extend_from_slice(&ELF_HEADER_LEN.to_le_bytes()); // e_phoff
+    h.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    h.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    h.extend_from_slice(&(ELF_HEADER_LEN as u16).to_le_bytes());
+    h.extend_from_slice(&(PHDR_LEN as u16).to_le_bytes());
+    h.extend_from_slice(&phnum.to_le_bytes());
+    h.extend_from_slice(&[0; 6]); // no sections
+    h
+}
+
+fn encode_phdr(p: &Phdr) -> Vec<u8> {
+    let mut v = Vec::with_capacity(PHDR_LEN as usize);
+    v.extend_from_slice(&p.kind.to_le_bytes());
+    v.extend_from_slice(&(if p.kind == PT_LOAD { PF_RWX } else { 0 }).to_le_bytes());
+    for x in [p.offset, p.vaddr, p.paddr, p.filesz, p.filesz] {
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.extend_from_slice(&(if p.kind == PT_LOAD { PAGE } else { 0 }).to_le_bytes());
+    v
+}
+
+impl CoreFile {
+    /// Opens `PATH.partial` for the core, so that a path that cannot be written is found out
+    /// before the guest runs.
+    pub fn create(path: &Path) -> Result<CoreFile, CoreError> {
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&partial)
+            .map_err(|source| CoreError::Create {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(CoreFile {
+            path: path.to_path_buf(),
+            partial,
+            file,
+        })
+    }
+
+    /// The VM ended in a way that wants no core: nothing is left behind.
+    pub fn discard(self) {
+        let _ = std::fs::remove_file(&self.partial);
+    }
+
+    /// Writes the core of `mem` with `cpus` (by vCPU index; `first` leads) and puts it in
+    /// place. On failure the partial file is removed.
+    pub fn write(
+        self,
+        mem: &GuestMem,
+        cpus: &[CpuSnapshot],
+        first: usize,
+    ) -> Result<CoreSummary, CoreError> {
+        let result = self.write_all(mem, cpus, first);
+        match result {
+            Ok(summary) => Ok(summary),
+            Err(source) => {
+                let _ = std::fs::remove_file(&self.partial);
+                Err(CoreError::Write {
+                    path: self.path,
+                    source,
+                })
+            }
+        }
+    }
+
+    fn write_all(
+        &self,
+        mem: &GuestMem,
+        cpus: &[CpuSnapshot],
+        first: usize,
+    ) -> io::Result<CoreSummary> {
+        let regions: Vec<(u64, u64)> = mem.iter().map(|r| (r.start_addr().0, r.len())).collect();
+        let ram_end = regions.iter().map(|&(s, l)| s + l).max().unwrap_or(0);
+        let lead = cpus.get(first).or(cpus.first());
+        let maps = lead
+            .map(|c| kernel_mappings(mem, &c.paging(), ram_end))
+            .unwrap_or_default();
+
+        let order: Vec<usize> = std::iter::once(first)
+            .chain((0..cpus.len()).filter(|&i| i != first))
+            .filter(|&i| i < cpus.len())
+            .collect();
+        let statuses: Vec<(Vec<u8>, Vec<u8>)> = order
+            .iter()
+            .map(|&i| (prstatus(&cpus[i], i as u32 + 1), qemu_cpu_state(&cpus[i])))
+            .collect();
+        let vmcoreinfo = find_vmcoreinfo(mem);
+        let mut notes: Vec<Note> = Vec::new();
+        for (pr, _) in &statuses {
+            notes.push(Note {
+                name: "CORE",
+                kind: NT_PRSTATUS,
+                desc: pr,
+            });
+        }
+        for (_, q) in &statuses {
+            notes.push(Note {
+                name: "QEMU",
+                kind: NT_QEMU,
+                desc: q,
+            });
+        }
+        if let Some(info) = &vmcoreinfo {
+            notes.push(Note {
+                name: "VMCOREINFO",
+                kind: 0,
+                desc: info,
+            });
+        }
+        let notes = encode_notes(&notes);
+        let phdrs = layout(&regions, notes.len() as u64, &maps);
+        let phnum =
+            u16::try_from(phdrs.len()).map_err(|_| io::Error::other("too many program headers"))?;
+
+        let mut head = elf_header(phnum);
+        for p in &phdrs {
+            head.extend_from_slice(&encode_phdr(p));
+        }
+        head.extend_from_slice(&notes);
+        self.file.set_len(0)?;
+        self.file.write_all_at(&head, 0)?;
+
+        // RAM, region by region at the offsets the PT_LOADs give; zero pages stay holes.
+        let mut buf = vec![0u8; 1 << 20];
+        let mut end = head.len() as u64;
+        for (p, &(start, len)) in phdrs[1..].iter().zip(&regions) {
+            let mut done = 0u64;
+            while done < len {
+                let n = (len - done).min(buf.len() as u64) as usize;
+                mem.read_slice(&mut buf[..n], GuestAddress(start + done))
+                    .map_err(|e| io::Error::other(format!("reading guest RAM: {e}")))?;
+                for (i, page) in buf[..n].chunks(PAGE as usize).enumerate() {
+                    if page.iter().any(|&b| b != 0) {
+                        self.file
+                            .write_all_at(page, p.offset + done + (i as u64) * PAGE)?;
+                    }
+                }
+                done += n as u64;
+            }
+            end = end.max(p.offset + len);
+        }
+        self.file.set_len(end)?;
+        self.file.sync_all()?;
+        std::fs::rename(&self.partial, &self.path)?;
+        Ok(CoreSummary {
+            path: self.path.clone(),
+            bytes_of_ram: regions.iter().map(|&(_, l)| l).sum(),
+            cpus: cpus.len(),
+            vmcoreinfo: vmcoreinfo.is_some(),
+            direct_map: maps.direct_map,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::coredump::KernelMapping;
+
+    #[test]
+    fn notes_are_padded_to_four_bytes() {
+        let n = encode_notes(&[Note {
+            name: "CORE",
+            kind: 1,
+            desc: &[1, 2, 3],
+        }]);
+        // namesz 5, descsz 3, type 1, "CORE\0" + 3 pad, 3 bytes + 1 pad.
+        assert_eq!(n.len(), 12 + 8 + 4);
+        assert_eq!(&n[0..4], &5u32.to_le_bytes());
+        assert_eq!(&n[12..17], b"CORE\0");
+        assert_eq!(&n[20..23], &[1, 2, 3]);
+    }
+
+    #[test]
+    fn layout_puts_each_region_once_and_image_over_the_same_bytes() {
+        let regions = [(0, 0xc000_0000), (0x1_0000_0000, 0x4000_0000)];
+        let maps = KernelMappings {
+            direct_map: Some(0xffff_8880_0000_0000),
+            image: vec![
+                KernelMapping {
+                    vaddr: 0xffff_ffff_9a00_0000,
+                    paddr: 0x0a00_0000,
+                    len: 0x40_0000,
+                },
+                // Not in RAM: no header.
+                KernelMapping {
+                    vaddr: 0xffff_ffff_bf00_0000,
+                    paddr: 0xd000_0000,
+                    len: 0x20_0000,
+                },
+            ],
+        };
+        let p = layout(&regions, 1000, &maps);
+        assert_eq!(p.len(), 4);
+        assert_eq!(p[0].kind, PT_NOTE);
+        assert_eq!(p[0].offset, 64 + 4 * 56);
+        let ram_at = p[1].offset;
+        assert_eq!(ram_at % PAGE, 0);
+        assert!(ram_at >= p[0].offset + 1000);
+        assert_eq!(
+            (p[1].paddr, p[1].vaddr, p[1].filesz),
+            (0, 0xffff_8880_0000_0000, 0xc000_0000)
+        );
+        assert_eq!(p[2].offset, ram_at + 0xc000_0000);
+        assert_eq!(p[2].vaddr, 0xffff_8881_0000_0000);
+        assert_eq!(
+            p[3].offset,
+            ram_at + 0x0a00_0000,
+            "image over region 0's bytes"
+        );
+        assert_eq!(
+            (p[3].vaddr, p[3].paddr),
+            (0xffff_ffff_9a00_0000, 0x0a00_0000)
+        );
+    }
+
+    #[test]
+    fn without_a_direct_map_virtual_is_physical() {
+        let p = layout(&[(0, 0x100_0000)], 10, &KernelMappings::default());
+        assert_eq!(p[1].vaddr, 0);
+        assert_eq!(p.len(), 2);
+    }
+
+    #[test]
+    fn core_file_round_trip_and_refusals() {
+        let dir = std::env::temp_dir().join(format!("minivmm-core-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vm.core");
+        let mem: GuestMem =
+            vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        mem.write_slice(b"hello core", GuestAddress(0x5000))
+            .unwrap();
+        let core = CoreFile::create(&path).unwrap();
+        let cpus = [CpuSnapshot::default(), CpuSnapshot::default()];
+        let s = core.write(&mem, &cpus, 1).unwrap();
+        assert_eq!(s.cpus, 2);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[0..4], b"\x7fELF");
+        assert_eq!(u16::from_le_bytes([bytes[16], bytes[17]]), 4, "ET_CORE");
+        let ram_at = u64::from_le_bytes(bytes[64 + 56 + 8..64 + 56 + 16].try_into().unwrap());
+        assert_eq!(&bytes[ram_at as usize + 0x5000..][..10], b"hello core");
+        assert_eq!(bytes.len() as u64, ram_at + (1 << 20));
+        assert!(!dir.join("vm.core.partial").exists());
+        // The first NT_PRSTATUS is vCPU 1's (pid 2): it died first.
+        let notes_at = u64::from_le_bytes(bytes[64 + 8..64 + 16].try_into().unwrap()) as usize;
+        assert_eq!(&bytes[notes_at + 12..notes_at + 17], b"CORE\0");
+        assert_eq!(
+            u32::from_le_bytes(
+                bytes[notes_at + 20 + 32..notes_at + 20 + 36]
+                    .try_into()
+                    .unwrap()
+            ),
+            2
+        );
+
+        let e = CoreFile::create(&dir.join("missing-dir/vm.core")).unwrap_err();
+        assert!(e.to_string().contains("writable directory"), "{e}");
+        let discarded = CoreFile::create(&dir.join("gone.core")).unwrap();
+        discarded.discard();
+        assert!(!dir.join("gone.core.partial").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
