@@ -86,6 +86,8 @@ pub enum VcpuDebug {
     ReadRegs,
     /// Just where the vCPU is and its paging registers (cheaper than `ReadRegs`).
     ReadStopState,
+    /// The state a core file records (`monitor dump`).
+    Snapshot,
     /// Write GDB's register file back.
     WriteRegs(Box<X86_64KvmRegs>),
     /// Write these bytes at this address, all or nothing.
@@ -114,6 +116,8 @@ pub enum VcpuDebugStatus {
     RegValues(Box<X86_64KvmRegs>),
     /// Answers `ReadStopState`.
     StopState(StopState),
+    /// Answers `Snapshot`.
+    Snapshot(Box<CpuSnapshot>),
     /// A request that only needed to succeed did.
     CommandComplete,
     /// Answers `Translate`: the page walk, or why it failed.

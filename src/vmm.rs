@@ -120,6 +120,10 @@ fn tell_debugger_vm_ended(gdb: &GdbServer, channel: &DebugChannel, outcome: &Out
 /// Builds the VM and runs it until it ends.
 pub fn run(config: &VmConfig) -> Result<Ended, VmError> {
     let signals = block_forwarded_signals();
+    // A core file over the file-size limit must fail as an error minivmm reports, not kill
+    // it by SIGXFSZ's default action.
+    // SAFETY: setting a signal's disposition to ignore has no memory effects.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let (events_tx, events_rx) = channel();
     forward_signals(signals, events_tx.clone())?;
     let Vm {

@@ -6,6 +6,7 @@ use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd};
 use super::DebugCaps;
 use super::target::GdbTarget;
 use crate::arch::debug::AddressSpace;
+use crate::coredump::{CoreFile, CoreSummary};
 use crate::vm_control::{VcpuDebug, VcpuDebugStatus};
 
 const HELP: &str = "\
@@ -14,6 +15,7 @@ minivmm monitor commands (they apply to the current thread's vCPU):
   monitor translate ADDR  walk the page tables for a virtual address, level by level
   monitor phys on|off     treat memory addresses as guest-physical (on) or virtual (off)
   monitor host            how this host's KVM serves break, hbreak and watch
+  monitor dump PATH       write an ELF core file of the whole guest (as --core does)
   monitor quit            end minivmm
   monitor help            this text";
 
@@ -119,6 +121,21 @@ impl MonitorCmd for GdbTarget {
                     "virtual"
                 }
             ),
+            ["dump", path] => match self.dump_core(std::path::Path::new(path)) {
+                Ok(summary) => outputln!(
+                    out,
+                    "core file written to {} ({} MiB of RAM, {} vCPUs{})",
+                    summary.path.display(),
+                    summary.bytes_of_ram >> 20,
+                    summary.cpus,
+                    if summary.vmcoreinfo {
+                        ", with the guest's VMCOREINFO"
+                    } else {
+                        ""
+                    }
+                ),
+                Err(e) => outputln!(out, "{e}"),
+            },
             ["host"] => {
                 for line in describe_caps(&self.caps) {
                     outputln!(out, "{line}");
@@ -131,6 +148,27 @@ impl MonitorCmd for GdbTarget {
             _ => outputln!(out, "unknown command '{cmd}'; try 'monitor help'"),
         }
         Ok(())
+    }
+}
+
+impl GdbTarget {
+    /// `monitor dump`: every vCPU is stopped (GDB is at a stop), so each can be asked.
+    fn dump_core(&mut self, path: &std::path::Path) -> Result<CoreSummary, String> {
+        let core = CoreFile::create(path).map_err(|e| e.to_string())?;
+        let mut cpus = Vec::with_capacity(self.vcpus.len());
+        for cpu in 0..self.vcpus.len() {
+            match self.vcpu_request(cpu, VcpuDebug::Snapshot) {
+                Ok(VcpuDebugStatus::Snapshot(s)) => cpus.push(*s),
+                other => {
+                    core.discard();
+                    return Err(format!(
+                        "vCPU {cpu}'s registers could not be read: {other:?}"
+                    ));
+                }
+            }
+        }
+        core.write(&self.mem, &cpus, self.current_cpu)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::arch::coredump::CpuSnapshot;
 use crate::arch::debug::{self as archdebug, DebugConfig, DebugError, DebugStop, SoftWatch};
 use crate::vm_control::{VcpuDebug, VcpuDebugStatus};
 
@@ -56,6 +57,9 @@ impl Vcpu {
             }
             VcpuDebug::ReadRegs => {
                 archdebug::read_registers(&self.fd).map(|r| VcpuDebugStatus::RegValues(Box::new(r)))
+            }
+            VcpuDebug::Snapshot => {
+                CpuSnapshot::capture(&self.fd).map(|s| VcpuDebugStatus::Snapshot(Box::new(s)))
             }
             VcpuDebug::ReadStopState => {
                 // Not from kvm_run: GDB may have written registers since the exit.

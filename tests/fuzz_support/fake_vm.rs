@@ -236,6 +236,7 @@ fn serve(m: &mut Model, cpu: usize, req: VcpuDebug) -> VcpuDebugStatus {
         VcpuDebug::Resume { .. } => unreachable!("resumes are served by vcpu_thread"),
         VcpuDebug::ReadRegs => VcpuDebugStatus::RegValues(Box::new(c.regs.clone())),
         VcpuDebug::ReadStopState => VcpuDebugStatus::StopState(StopState::from(&c.regs)),
+        VcpuDebug::Snapshot => VcpuDebugStatus::Error("no core files from the fake VM".into()),
         VcpuDebug::WriteRegs(r) => {
             c.regs = *r;
             VcpuDebugStatus::CommandComplete

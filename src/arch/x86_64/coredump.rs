@@ -323,7 +323,7 @@ pub fn find_vmcoreinfo(mem: &GuestMem) -> Option<Vec<u8>> {
             let mut at = 0;
             while let Some(p) = find(&hay[at..], NAME) {
                 let name_at = at + p;
-                if name_at >= 12 && name_at % 4 == 0 {
+                if name_at >= 12 && name_at.is_multiple_of(4) {
                     let h = &hay[name_at - 12..name_at];
                     let namesz = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
                     let descsz = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
