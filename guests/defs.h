@@ -19,6 +19,11 @@
 #define I8042_CMD       0x64
 #define I8042_RESET     0xfe
 
+/* pvpanic (QEMU's ISA device): read the supported events, write one */
+#define PVPANIC_PORT            0x505
+#define PVPANIC_PANICKED        0x01
+#define PVPANIC_CRASH_LOADED    0x02
+
 /* Fixed layout the VMM sets up for 64-bit entry (see README in guests/) */
 #define VMM_GDT         0x500
 #define VMM_ZERO_PAGE   0x7000

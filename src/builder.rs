@@ -21,6 +21,7 @@ use crate::arch::{acpi, mptable};
 use crate::coredump::{CoreError, CoreFile};
 use crate::devices::acpi_pm::{AcpiPm, PM_BASE, PM_LEN};
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
+use crate::devices::pvpanic::{PVPANIC_LEN, PVPANIC_PORT, PvPanic};
 use crate::devices::serial::{
     COM1_BASE, COM1_IRQ, COM1_LEN, ConsoleThread, InputEvent, IrqTrigger, Serial,
     spawn_input_thread,
@@ -52,6 +53,8 @@ pub struct VmConfig {
     pub host_workarounds: bool,
     /// Where to write a core file of the guest when it dies (panic, triple fault, ...).
     pub core: Option<PathBuf>,
+    /// End the VM after this much wall time (`--timeout`).
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// Features such a host advertises in CPUID whatever minivmm asks, but cannot run: Linux must
@@ -127,8 +130,8 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 
-/// Sends a fixed event to the control loop when a device's line fires (a reset or a
-/// power-off request).
+/// Sends a fixed event to the control loop when a device's line fires (a reset, a
+/// power-off request or a guest panic).
 struct EventTrigger {
     events: Mutex<Sender<VmEvent>>,
     event: fn() -> VmEvent,
@@ -264,8 +267,8 @@ struct Devices {
     console: ConsoleThread,
 }
 
-/// COM1 (output through the console thread, IRQ 4 through an irqfd), and the i8042 and
-/// ACPI power-management registers, through which the guest ends the VM.
+/// COM1 (output through the console thread, IRQ 4 through an irqfd), and the i8042, the
+/// ACPI power-management registers and pvpanic, through which the guest ends the VM.
 fn setup_devices(vm: &VmFd, events: &Sender<VmEvent>) -> Result<Devices, VmError> {
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
     vm.register_irqfd(&serial_irq, COM1_IRQ)
@@ -282,6 +285,13 @@ fn setup_devices(vm: &VmFd, events: &Sender<VmEvent>) -> Result<Devices, VmError
         EventTrigger::new(events, || VmEvent::GuestPowerOff),
         EventTrigger::new(events, reset),
     )));
+    let pvpanic: Arc<Mutex<dyn PioDevice>> =
+        Arc::new(Mutex::new(PvPanic::new(EventTrigger::new(events, || {
+            VmEvent::GuestPanicked {
+                // Only vCPU threads do port I/O.
+                cpu: vcpu::current_index().unwrap_or(0),
+            }
+        }))));
     let pio = PioBus::new(vec![
         (
             COM1_BASE,
@@ -290,6 +300,7 @@ fn setup_devices(vm: &VmFd, events: &Sender<VmEvent>) -> Result<Devices, VmError
         ),
         (I8042_BASE, I8042_LEN, i8042),
         (PM_BASE, PM_LEN, acpi_pm),
+        (PVPANIC_PORT, PVPANIC_LEN, pvpanic),
     ]);
 
     Ok(Devices {

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -18,6 +19,7 @@ Examples:
   minivmm --kernel bzImage --initrd initramfs.cpio.gz --cpus 2 --mem 1024
   minivmm --kernel vmlinux --cmdline 'console=ttyS0 reboot=k nokaslr'
   minivmm --kernel bzImage --gdb 1234        # then: gdb vmlinux -ex 'target remote :1234'
+  minivmm --kernel bzImage --timeout 600     # in CI: a hung guest ends with status 8
 
 The guest's serial console (COM1) is this terminal: output to stdout, input from stdin.
 On a terminal, Ctrl-A x quits. RUST_LOG=debug shows what minivmm is doing.
@@ -30,6 +32,8 @@ Exit status:
   4    a vCPU hit an error minivmm cannot continue from (report on stderr)
   5    the user quit with Ctrl-A x
   6    GDB ended the VM ('kill' or 'monitor quit')
+  7    the guest kernel panicked (pvpanic: Linux with CONFIG_PVPANIC_MMIO)
+  8    the guest ran longer than --timeout
   9    the VM ended (stderr says why) but the --core file could not be written
   130  interrupted by SIGINT; 143 terminated by SIGTERM";
 
@@ -67,8 +71,8 @@ struct Cli {
     #[arg(long, requires = "gdb")]
     gdb_no_wait: bool,
 
-    /// Write an ELF core file of the whole guest here when it dies (triple fault, vCPU
-    /// error, SIGTERM): `gdb vmlinux PATH` and `crash vmlinux PATH` read it. Nothing is
+    /// Write an ELF core file of the whole guest here when it dies (kernel panic, triple
+    /// fault, vCPU error, --timeout, SIGTERM): `gdb vmlinux PATH` reads it. Nothing is
     /// written on a clean reboot or power-off; an unwritable PATH is refused at start
     #[arg(long, value_name = "PATH")]
     core: Option<PathBuf>,
@@ -77,6 +81,11 @@ struct Cli {
     /// 'noxsave clearcpuid=popcnt,ssse3' to a Linux kernel's command line; this prevents it
     #[arg(long)]
     no_host_workarounds: bool,
+
+    /// End the VM after SECONDS of wall time (time stopped in GDB counts) with exit status 8:
+    /// for CI, where a hung guest must not hold a job until the job's own limit
+    #[arg(long, value_name = "SECONDS", value_parser = parse_timeout)]
+    timeout: Option<Duration>,
 }
 
 /// `1234` means 127.0.0.1:1234; `ADDR:PORT` is taken as given.
@@ -86,6 +95,17 @@ fn parse_gdb_addr(s: &str) -> Result<SocketAddr, String> {
     }
     s.parse::<SocketAddr>()
         .map_err(|_| format!("'{s}' is not PORT or ADDR:PORT (for example 1234 or 0.0.0.0:1234)"))
+}
+
+/// A whole number of seconds, at least 1.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("the time limit must be at least 1 second".into()),
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => Err(format!(
+            "'{s}' is not a whole number of seconds (for example 600)"
+        )),
+    }
 }
 
 /// What is logged unless RUST_LOG says otherwise: what minivmm's user must act on.
@@ -128,6 +148,7 @@ fn main() -> ExitCode {
         gdb_wait: !cli.gdb_no_wait,
         host_workarounds: !cli.no_host_workarounds,
         core: cli.core,
+        timeout: cli.timeout,
     };
     match vmm::run(&config) {
         Ok(ended) => exit_for(ended),
@@ -138,13 +159,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// The exit status, after a last line on stderr for every ending a CI log must explain.
 fn exit_for(ended: Ended) -> ExitCode {
     let outcome = ended.outcome;
+    let status = outcome.exit_status();
     match &outcome {
+        Outcome::GuestPanicked { cpu } => {
+            eprintln!("minivmm: the guest kernel panicked on vCPU {cpu} (pvpanic): status {status}")
+        }
         Outcome::TripleFault { cpu } => {
             eprintln!("minivmm: the guest triple-faulted on vCPU {cpu} (CPU shutdown)")
         }
         Outcome::Crashed { cpu, report } => eprintln!("minivmm: vCPU {cpu} stopped: {report}"),
+        Outcome::Timeout { after } => eprintln!(
+            "minivmm: the guest ran for {} s (--timeout): ended, status {status}",
+            after.as_secs()
+        ),
         Outcome::DebuggerKill => eprintln!("minivmm: killed from GDB"),
         Outcome::Reset | Outcome::PowerOff | Outcome::UserQuit | Outcome::Signal(_) => {}
     }
@@ -170,7 +200,7 @@ fn exit_for(ended: Ended) -> ExitCode {
         }
         None => {}
     }
-    ExitCode::from(outcome.exit_status())
+    ExitCode::from(status)
 }
 
 #[cfg(test)]
@@ -184,5 +214,21 @@ mod tests {
         assert_eq!(log_filter(Some("off")), "off");
         assert_eq!(log_filter(Some("minivmm=debug")), "minivmm=debug");
         assert_eq!(log_filter(Some("gdbstub=trace")), "gdbstub=trace");
+    }
+
+    #[test]
+    fn timeout_is_a_positive_whole_number_of_seconds() {
+        assert_eq!(parse_timeout("5"), Ok(Duration::from_secs(5)));
+        assert!(
+            parse_timeout("0")
+                .unwrap_err()
+                .contains("at least 1 second")
+        );
+        for bad in ["", "-1", "1.5", "5s", "abc"] {
+            assert!(
+                parse_timeout(bad).unwrap_err().contains("whole number"),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -24,6 +24,8 @@ pub enum VmEvent {
     GuestReset,
     /// The guest entered ACPI S5 (Linux `poweroff`), which also ends minivmm successfully.
     GuestPowerOff,
+    /// The guest kernel reported a panic through pvpanic, from vCPU `cpu`.
+    GuestPanicked { cpu: usize },
     /// A vCPU (index `cpu`) cannot go on.
     VcpuStopped { cpu: usize, fault: VcpuFault },
     /// SIGINT or SIGTERM.

@@ -1,7 +1,7 @@
 //! The running VM: the control loop that reacts to guest resets, vCPU faults, signals and
 //! GDB's suspend/resume requests, and the orderly end. `builder` builds what runs here.
 
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -18,15 +18,26 @@ use crate::vm_control::{
     DebugChannel, VcpuControl, VcpuDebugStatus, VcpuFault, VmEnd, VmEvent, VmRequest, VmResponse,
 };
 
-/// How the VM ended; main turns it into an exit status.
+/// How the VM ended; main turns it into an exit status and a last line on stderr.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
+    /// The guest rebooted (i8042 or ACPI reset register).
     Reset,
+    /// The guest entered ACPI S5.
     PowerOff,
+    /// The guest kernel reported a panic through pvpanic, from vCPU `cpu`.
+    GuestPanicked { cpu: usize },
+    /// vCPU `cpu` triple-faulted.
     TripleFault { cpu: usize },
+    /// vCPU `cpu` hit an exit minivmm cannot continue from; `report` says where.
     Crashed { cpu: usize, report: String },
+    /// The guest ran for `after` (`--timeout`) without ending.
+    Timeout { after: Duration },
+    /// SIGINT or SIGTERM.
     Signal(i32),
+    /// Ctrl-A x.
     UserQuit,
+    /// GDB's `kill` or `monitor quit`.
     DebuggerKill,
 }
 
@@ -37,6 +48,8 @@ pub mod status {
     pub const VCPU_ERROR: u8 = 4;
     pub const USER_QUIT: u8 = 5;
     pub const DEBUGGER_KILL: u8 = 6;
+    pub const GUEST_PANIC: u8 = 7;
+    pub const TIMEOUT: u8 = 8;
     /// The VM ended as stderr says, but the core file asked for could not be written.
     pub const CORE_FAILED: u8 = 9;
 }
@@ -47,7 +60,10 @@ impl Outcome {
     /// debugger's quit want none.
     pub fn dying_cpu(&self) -> Option<usize> {
         match self {
-            Outcome::TripleFault { cpu } | Outcome::Crashed { cpu, .. } => Some(*cpu),
+            Outcome::TripleFault { cpu }
+            | Outcome::Crashed { cpu, .. }
+            | Outcome::GuestPanicked { cpu } => Some(*cpu),
+            Outcome::Timeout { .. } => Some(0),
             Outcome::Signal(sig) if *sig == libc::SIGTERM => Some(0),
             _ => None,
         }
@@ -57,8 +73,10 @@ impl Outcome {
     pub fn exit_status(&self) -> u8 {
         match self {
             Outcome::Reset | Outcome::PowerOff => 0,
+            Outcome::GuestPanicked { .. } => status::GUEST_PANIC,
             Outcome::TripleFault { .. } => status::TRIPLE_FAULT,
             Outcome::Crashed { .. } => status::VCPU_ERROR,
+            Outcome::Timeout { .. } => status::TIMEOUT,
             Outcome::UserQuit => status::USER_QUIT,
             Outcome::DebuggerKill => status::DEBUGGER_KILL,
             Outcome::Signal(sig) => 128u8.saturating_add(*sig as u8),
@@ -136,7 +154,9 @@ pub fn run(config: &VmConfig) -> Result<Ended, VmError> {
     } = builder::build(config, &events_tx)?;
     drop(events_tx);
 
-    let outcome = control_loop(&events_rx, &handles);
+    let outcome = control_loop(&events_rx, &handles, config.timeout);
+    // Whatever must see the guest as it ended (its registers, its memory) belongs here,
+    // while the vCPU threads still exist.
     let core = core.and_then(|core| match outcome.dying_cpu() {
         Some(first) => Some(write_core(core, &mem, &handles, first)),
         None => {
@@ -198,18 +218,40 @@ fn write_core(
 /// A wedged vCPU must not keep the core (and minivmm's exit) waiting.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn control_loop(events: &Receiver<VmEvent>, vcpus: &[VcpuHandle]) -> Outcome {
+/// Waits for the event that ends the VM, serving the debugger's requests meanwhile. With a
+/// `timeout`, the VM ends that long after this starts, whatever it is doing (stopped in GDB
+/// too: the time limit is wall time).
+fn control_loop(
+    events: &Receiver<VmEvent>,
+    vcpus: &[VcpuHandle],
+    timeout: Option<Duration>,
+) -> Outcome {
+    // A limit too far away to represent is no limit.
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     loop {
-        let Ok(event) = events.recv() else {
-            return Outcome::Crashed {
-                cpu: 0,
-                report: "every vCPU thread ended unexpectedly".into(),
-            };
+        let next = match deadline {
+            Some(at) => events.recv_timeout(at.saturating_duration_since(Instant::now())),
+            None => events.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        let event = match next {
+            Ok(event) => event,
+            Err(RecvTimeoutError::Timeout) => {
+                return Outcome::Timeout {
+                    after: timeout.unwrap_or_default(),
+                };
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return Outcome::Crashed {
+                    cpu: 0,
+                    report: "every vCPU thread ended unexpectedly".into(),
+                };
+            }
         };
         debug!("control loop: {event:?}");
         match event {
             VmEvent::GuestReset => return Outcome::Reset,
             VmEvent::GuestPowerOff => return Outcome::PowerOff,
+            VmEvent::GuestPanicked { cpu } => return Outcome::GuestPanicked { cpu },
             VmEvent::VcpuStopped { cpu, fault } => {
                 return match fault {
                     VcpuFault::TripleFault => Outcome::TripleFault { cpu },

@@ -2,7 +2,7 @@
 //! /dev/kvm; each test checks the guest's serial output (stdout) and minivmm's exit status.
 //!
 //! Exit statuses (src/main.rs): 0 reset, 1 setup error, 2 usage, 3 triple fault,
-//! 4 vCPU error, 5 Ctrl-A x, 6 GDB kill, 128+signal.
+//! 4 vCPU error, 5 Ctrl-A x, 6 GDB kill, 7 guest panic (pvpanic), 8 --timeout, 128+signal.
 
 // Tests state what they expect with unwrap, expect and panic; the crate's lints are for
 // code a guest or a debugger can reach.
@@ -415,6 +415,95 @@ fn acpi_reset_register_ends_minivmm_with_status_0() {
     );
 }
 
+// ---------------------------------------------------------------------------------------
+// A guest panic (pvpanic) and a hung guest (--timeout) end minivmm with their own status
+
+/// The last line minivmm wrote to stderr.
+fn last_stderr_line(out: &Output) -> String {
+    out.stderr_text()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Linux's pvpanic driver on panic: read the supported events, write PANICKED.
+#[test]
+fn pvpanic_panic_ends_minivmm_with_status_7() {
+    let out = boot("panic.elf", &[]);
+    out.assert_code(7);
+    let text = out.stdout_text();
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        ["panic: pvpanic supports 7", "panic: reporting a panic"],
+        "the guest's output before the panic reaches stdout\n{out}"
+    );
+    assert_eq!(
+        last_stderr_line(&out),
+        "minivmm: the guest kernel panicked on vCPU 0 (pvpanic): status 7",
+        "{out}"
+    );
+}
+
+/// A panic with a crash kernel loaded: the guest goes on to kdump, so the VM must not end.
+#[test]
+fn pvpanic_crash_loaded_lets_the_guest_run_on() {
+    let out = boot_ok("panic.elf", &["--cmdline", "crash-loaded"]);
+    let text = out.stdout_text();
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        [
+            "panic: pvpanic supports 7",
+            "panic: reporting a panic with a crash kernel loaded",
+            "panic: still running",
+        ],
+        "{out}"
+    );
+    assert!(
+        out.stderr_text().contains("crash kernel loaded"),
+        "logged\n{out}"
+    );
+}
+
+#[test]
+fn timeout_ends_a_hung_guest_with_status_8() {
+    let start = Instant::now();
+    let out = boot("spin.elf", &["--timeout", "2"]);
+    let took = start.elapsed();
+    out.assert_code(8);
+    out.assert_stdout_line("spin: spinning forever");
+    assert_eq!(
+        last_stderr_line(&out),
+        "minivmm: the guest ran for 2 s (--timeout): ended, status 8",
+        "{out}"
+    );
+    // Start-up takes milliseconds; the slack is for a busy 2-core host.
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(6),
+        "ended after {took:?}\n{out}"
+    );
+}
+
+#[test]
+fn timeout_leaves_a_guest_that_ends_in_time_alone() {
+    let out = boot_ok("hello64.elf", &["--timeout", "60"]);
+    out.assert_stdout_line("resetting via i8042");
+}
+
+#[test]
+fn rejects_a_timeout_that_is_zero_or_not_a_number() {
+    assert_usage_error(
+        &["--kernel", &hello64(), "--timeout", "0"],
+        "at least 1 second",
+    );
+    for bad in ["abc", "1.5", "10s", ""] {
+        assert_usage_error(
+            &["--kernel", &hello64(), "--timeout", bad],
+            "whole number of seconds",
+        );
+    }
+}
+
 #[test]
 fn flood_delivers_all_65536_bytes_in_order() {
     const PATTERN: &str = "0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[]^_`abcdefghijklmno\n";
@@ -702,12 +791,19 @@ fn help_documents_options_and_exit_statuses() {
     let out = run(["--help"], b"", TIMEOUT);
     out.assert_code(0);
     let text = out.stdout_text();
-    for needle in ["--kernel", "--gdb", "--initrd", "--cmdline", "Exit status"] {
+    for needle in [
+        "--kernel",
+        "--gdb",
+        "--initrd",
+        "--cmdline",
+        "--timeout",
+        "Exit status",
+    ] {
         assert!(text.contains(needle), "--help mentions {needle:?}\n{out}");
     }
-    // Statuses 0-6 each start a line of the "Exit status" section; 130 and 143 share one.
+    // Statuses 0-8 each start a line of the "Exit status" section; 130 and 143 share one.
     let section = text.split("Exit status").nth(1).unwrap_or_default();
-    for status in ["0", "1", "2", "3", "4", "5", "6"] {
+    for status in ["0", "1", "2", "3", "4", "5", "6", "7", "8"] {
         assert!(
             section
                 .lines()

@@ -475,6 +475,44 @@ fn continue_to_end() {
     assert!(serial.contains(GDBTEST_DONE), "{}", vmm.describe());
 }
 
+/// `--timeout` while GDB lets the guest run: GDB is told the inferior exited with status 8.
+#[test]
+fn timeout_ends_the_vm_running_under_gdb() {
+    let mut vmm = Vmm::start("spin.elf", &["--timeout", "3"]);
+    let out = gdb(&vmm, &["continue"]);
+    out.expect("[Inferior 1 (process 1) exited with code 010]");
+    vmm.expect_exit(8);
+    assert!(
+        vmm.log()
+            .contains("the guest ran for 3 s (--timeout): ended, status 8"),
+        "{}",
+        vmm.describe()
+    );
+}
+
+/// `--timeout` while the VM is stopped in GDB (at its first instruction here): the time
+/// limit is wall time, so the VM still ends. GDB reads nothing while it is stopped, so it
+/// learns at its next command that the connection is gone.
+#[test]
+fn timeout_ends_the_vm_stopped_in_gdb() {
+    let mut vmm = Vmm::start("spin.elf", &["--timeout", "2"]);
+    let start = std::time::Instant::now();
+    let out = gdb(&vmm, &["p $pc == &_start", "shell sleep 4", "stepi"]);
+    assert_eq!(out.values(), vec!["1"], "{}", out.text);
+    out.expect("Remote connection closed");
+    vmm.expect_exit(8);
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{}",
+        vmm.describe()
+    );
+    assert!(
+        !vmm.serial().contains("spin:"),
+        "the guest never ran\n{}",
+        vmm.describe()
+    );
+}
+
 #[test]
 fn ctrl_c_interrupts_running_guest() {
     // echo.elf waits for serial input forever: it is running, in serial_getc, when GDB

@@ -2,6 +2,7 @@
 
 pub mod acpi_pm;
 pub mod i8042;
+pub mod pvpanic;
 pub mod serial;
 
 use std::sync::{Arc, Mutex};

@@ -36,6 +36,14 @@ fn kick_signal() -> i32 {
 thread_local! {
     /// This thread's kvm_run page, for the kick handler.
     static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(null_mut()) };
+    /// This thread's vCPU index, for devices that report which vCPU wrote to them.
+    static INDEX: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The index of the vCPU running on this thread, if it is a vCPU thread. Devices run on the
+/// vCPU thread that accesses them, so this names the vCPU behind a port access.
+pub fn current_index() -> Option<usize> {
+    INDEX.with(Cell::get)
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
@@ -142,6 +150,7 @@ impl Vcpu {
 
     fn thread_main(mut self, control: Receiver<VcpuControl>, paused: &AtomicBool) {
         KVM_RUN.with(|p| p.set(self.fd.get_kvm_run() as *mut kvm_run));
+        INDEX.with(|i| i.set(Some(self.index)));
         let mut debug = DebugState::default();
         self.run_loop(&control, paused, &mut debug);
         KVM_RUN.with(|p| p.set(null_mut()));

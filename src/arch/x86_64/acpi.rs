@@ -2,11 +2,21 @@
 //!
 //! The MADT is how Linux finds the CPUs and the I/O APIC (it prefers it to the MP table).
 //! The FADT points the guest at the power-management registers of
-//! [`crate::devices::acpi_pm`], and the DSDT holds one object, `\_S5`, the sleep type for
-//! soft-off: together they let Linux `poweroff` end the VM, and `reboot` use the FADT's
-//! reset register. It is a full (not hardware-reduced) FADT, so Linux keeps the legacy
-//! PIC and PIT it uses without ACPI.
+//! [`crate::devices::acpi_pm`], and the DSDT holds `\_S5`, the sleep type for soft-off:
+//! together they let Linux `poweroff` end the VM, and `reboot` use the FADT's reset
+//! register. It is a full (not hardware-reduced) FADT, so Linux keeps the legacy PIC and
+//! PIT it uses without ACPI. The DSDT also describes the pvpanic port
+//! ([`crate::devices::pvpanic`]) as QEMU does, for Linux's `pvpanic-mmio` driver.
+//!
+//! The DSDT's AML comes from rust-vmm's `acpi_tables`; the tables themselves are built here
+//! (the crate's RSDP has no RSDT address, which 32-bit guests walk, and its FADT builder
+//! would set no more than the fields written below).
 
+use acpi_tables::Aml;
+use acpi_tables::aml::{
+    Arg, Device, Field, FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule, IO, Local,
+    Method, Name, OpRegion, OpRegionSpace, Package, Path, ResourceTemplate, Return, Scope, Store,
+};
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
@@ -15,6 +25,7 @@ use super::layout::{ACPI_START, BIOS_END, IOAPIC_ADDR, LAPIC_ADDR};
 use crate::devices::acpi_pm::{
     PM1_CNT_LEN, PM1_CNT_PORT, PM1_EVT_LEN, PM1_EVT_PORT, RESET_PORT, RESET_VALUE, S5_SLP_TYP,
 };
+use crate::devices::pvpanic::{PVPANIC_LEN, PVPANIC_PORT};
 
 const OEM_ID: &[u8; 6] = b"MINIVM";
 const OEM_TABLE_ID: &[u8; 8] = b"MINIVMM ";
@@ -71,11 +82,10 @@ const FACS_ALIGN: u64 = 64;
 
 /// DSDT revision 2: AML integers are 64-bit.
 const DSDT_REVISION: u8 = 2;
-/// `Name (_S5, Package (2) { S5_SLP_TYP, S5_SLP_TYP })` in AML: NameOp, the name, then
-/// PackageOp, PkgLength (6 bytes, itself included), NumElements and two BytePrefix'd values.
-const S5_AML: [u8; 12] = [
-    0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x02, 0x0a, S5_SLP_TYP, 0x0a, S5_SLP_TYP,
-];
+/// Room for the DSDT's AML (about 150 bytes; a unit test keeps it under this).
+const DSDT_AML_MAX: usize = 512;
+/// `_STA` of the pvpanic device: present, enabled, shown in the UI, functioning.
+const STA_PRESENT: u8 = 0x0f;
 
 /// Tables start on 16-byte boundaries; the RSDP must, and the rest keep it tidy.
 const TABLE_ALIGN: u64 = 16;
@@ -84,7 +94,7 @@ const TABLE_ALIGN: u64 = 16;
 const fn tables_len(cpus: u64) -> u64 {
     let madt = HEADER_LEN as u64 + 8 + cpus * 8 + MADT_IOAPIC_LEN as u64 + MADT_ISO_LEN as u64;
     let fixed = RSDP_LEN + HEADER_LEN + 8 + HEADER_LEN + 16 + FADT_LEN + FACS_LEN;
-    fixed as u64 + HEADER_LEN as u64 + S5_AML.len() as u64 + madt + 6 * FACS_ALIGN
+    fixed as u64 + HEADER_LEN as u64 + DSDT_AML_MAX as u64 + madt + 6 * FACS_ALIGN
 }
 
 // Even 254 CPUs need about 3 KiB with padding, far less than the BIOS area holds.
@@ -140,7 +150,7 @@ pub fn setup_acpi(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<GuestAddress, A
     let fadt_addr = align_up(xsdt_addr + (HEADER_LEN + 2 * 8) as u64);
     let facs_addr = (fadt_addr + FADT_LEN as u64).next_multiple_of(FACS_ALIGN);
     let dsdt_addr = align_up(facs_addr + FACS_LEN as u64);
-    let dsdt = sdt(b"DSDT", DSDT_REVISION, &S5_AML);
+    let dsdt = sdt(b"DSDT", DSDT_REVISION, &dsdt_aml());
     let madt_addr = align_up(dsdt_addr + dsdt.len() as u64);
 
     let madt = madt(num_cpus);
@@ -268,6 +278,62 @@ fn fadt(dsdt_addr: u32, facs_addr: u32) -> Vec<u8> {
     put(128, &[RESET_VALUE]);
     put(140, &u64::from(dsdt_addr).to_le_bytes()); // X_DSDT, the same table
     sdt(b"FACP", FADT_REVISION, &body)
+}
+
+/// The DSDT's definition blocks:
+///
+/// ```text
+/// Name (_S5, Package (2) { 5, 5 })          // SLP_TYPa, SLP_TYPb for soft-off
+/// Scope (\_SB) {
+///     Device (PEVT) {                        // QEMU's pvpanic-isa, as QEMU writes it
+///         Name (_HID, "QEMU0001")
+///         Name (_CRS, ResourceTemplate () { IO (Decode16, 0x505, 0x505, 1, 1) })
+///         OperationRegion (PEOR, SystemIO, 0x505, 1)
+///         Field (PEOR, ByteAcc, NoLock, Preserve) { PEPT, 8 }
+///         Method (_STA) { Return (0x0F) }
+///         Method (RDPT) { Store (PEPT, Local0) Return (Local0) }
+///         Method (WRPT, 1) { Store (Arg0, PEPT) }
+///     }
+/// }
+/// ```
+fn dsdt_aml() -> Vec<u8> {
+    let port = PVPANIC_PORT;
+    let len = PVPANIC_LEN as u8;
+    let pept = Path::new("PEPT");
+    let mut aml = Vec::new();
+    Name::new("_S5_".into(), &Package::new(vec![&S5_SLP_TYP, &S5_SLP_TYP])).to_aml_bytes(&mut aml);
+    // One statement, so that the temporaries the objects borrow live until it is encoded.
+    Scope::new(
+        "\\_SB_".into(),
+        vec![&Device::new(
+            "PEVT".into(),
+            vec![
+                &Name::new("_HID".into(), &"QEMU0001"),
+                &Name::new(
+                    "_CRS".into(),
+                    &ResourceTemplate::new(vec![&IO::new(port, port, 1, len)]),
+                ),
+                &OpRegion::new("PEOR".into(), OpRegionSpace::SystemIO, &port, &len),
+                &Field::new(
+                    "PEOR".into(),
+                    FieldAccessType::Byte,
+                    FieldLockRule::NoLock,
+                    FieldUpdateRule::Preserve,
+                    vec![FieldEntry::Named(*b"PEPT", 8)],
+                ),
+                &Method::new("_STA".into(), 0, false, vec![&Return::new(&STA_PRESENT)]),
+                &Method::new(
+                    "RDPT".into(),
+                    0,
+                    false,
+                    vec![&Store::new(&Local(0), &pept), &Return::new(&Local(0))],
+                ),
+                &Method::new("WRPT".into(), 1, false, vec![&Store::new(&pept, &Arg(0))]),
+            ],
+        )],
+    )
+    .to_aml_bytes(&mut aml);
+    aml
 }
 
 /// The FACS: no waking vector and an unowned global lock. It has no checksum.
@@ -485,24 +551,105 @@ mod tests {
         assert_eq!(fadt[128], RESET_VALUE);
     }
 
+    /// An AML PkgLength at `b[0]`: (the length it encodes, the bytes it takes itself).
+    fn pkg_length(b: &[u8]) -> (usize, usize) {
+        let follow = usize::from(b[0] >> 6);
+        if follow == 0 {
+            return (usize::from(b[0] & 0x3f), 1);
+        }
+        let mut len = usize::from(b[0] & 0x0f);
+        for i in 0..follow {
+            len |= usize::from(b[1 + i]) << (4 + 8 * i);
+        }
+        (len, 1 + follow)
+    }
+
+    /// A term that opens with `op` and a PkgLength, then `name`: its body after the name,
+    /// and what follows the whole term.
+    fn package_term<'a>(aml: &'a [u8], op: &[u8], name: &[u8]) -> (&'a [u8], &'a [u8]) {
+        assert_eq!(
+            &aml[..op.len()],
+            op,
+            "opcode before {:?}",
+            name.escape_ascii()
+        );
+        let at = op.len();
+        let (len, len_bytes) = pkg_length(&aml[at..]);
+        let term = &aml[at..at + len];
+        assert_eq!(
+            &term[len_bytes..len_bytes + name.len()],
+            name,
+            "{:?}",
+            name.escape_ascii()
+        );
+        (&term[len_bytes + name.len()..], &aml[at + len..])
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    fn dsdt_body(mem: &GuestMemoryMmap) -> Vec<u8> {
+        let rsdp = setup_acpi(mem, 1).unwrap();
+        let tables = tables_from_rsdp(mem, rsdp.0);
+        let (_, fadt) = by_sig(&tables, b"FACP");
+        let dsdt = table(mem, u64::from(u32_at(fadt, 40)), b"DSDT");
+        assert_eq!(dsdt[8], 2, "DSDT revision: 64-bit integers");
+        dsdt[36..].to_vec()
+    }
+
     /// What ACPICA does to find the sleep type for S5: look up `_S5_` in the DSDT and take
     /// the first element of its package.
     #[test]
     fn dsdt_names_the_s5_sleep_type_the_pm_device_acts_on() {
         let mem = memory();
-        let rsdp = setup_acpi(&mem, 1).unwrap();
-        let tables = tables_from_rsdp(&mem, rsdp.0);
-        let (_, fadt) = by_sig(&tables, b"FACP");
-        let dsdt = table(&mem, u64::from(u32_at(fadt, 40)), b"DSDT");
-        let aml = &dsdt[36..];
+        let aml = dsdt_body(&mem);
         assert_eq!(&aml[..5], b"\x08_S5_", "NameOp _S5_ at the root");
-        let package = &aml[5..];
-        assert_eq!(package[0], 0x12, "PackageOp");
-        let pkg_len = usize::from(package[1]);
-        assert_eq!(pkg_len & 0xc0, 0, "one-byte PkgLength");
-        assert_eq!(1 + pkg_len, package.len(), "the package ends the table");
-        assert_eq!(package[2], 2, "NumElements");
-        assert_eq!(&package[3..5], &[0x0a, S5_SLP_TYP], "SLP_TYPa");
+        let (elements, rest) = package_term(&aml[5..], &[0x12], b"");
+        assert_eq!(elements[0], 2, "NumElements");
+        assert_eq!(&elements[1..], &[0x0a, S5_SLP_TYP, 0x0a, S5_SLP_TYP]);
+        assert_eq!(rest[0], 0x10, "the _SB scope follows");
+    }
+
+    /// QEMU's pvpanic-isa device: `\_SB.PEVT`, _HID QEMU0001, one I/O port at 0x505,
+    /// present (_STA 0x0F). The scope is the rest of the table.
+    #[test]
+    fn dsdt_describes_pvpanic_as_qemu_does() {
+        let mem = memory();
+        let aml = dsdt_body(&mem);
+        let scope_at = aml.iter().position(|b| *b == 0x10).unwrap();
+        let (scope, rest) = package_term(&aml[scope_at..], &[0x10], b"\\_SB_");
+        assert!(rest.is_empty(), "the scope ends the table");
+        let (device, rest) = package_term(scope, &[0x5b, 0x82], b"PEVT");
+        assert!(rest.is_empty(), "PEVT is the scope's only object");
+
+        assert!(contains(device, b"\x08_HID\x0dQEMU0001\x00"), "_HID string");
+        // _CRS: a buffer holding IO (Decode16, 0x505, 0x505, 1, 1) and the end tag.
+        let io = [0x47, 0x01, 0x05, 0x05, 0x05, 0x05, 0x01, 0x01, 0x79, 0x00];
+        let crs_at = device.windows(5).position(|w| w == b"\x08_CRS").unwrap();
+        let (buffer, _) = package_term(&device[crs_at + 5..], &[0x11], b"");
+        assert_eq!(buffer[0], 0x0a, "BytePrefix buffer size");
+        assert_eq!(usize::from(buffer[1]), io.len());
+        assert_eq!(&buffer[2..], &io, "the IO descriptor and end tag");
+        // Method (_STA, 0) { Return (0x0F) }
+        let sta_at = device.windows(4).position(|w| w == b"_STA").unwrap() - 2;
+        let (body, _) = package_term(&device[sta_at..], &[0x14], b"_STA");
+        assert_eq!(
+            body,
+            &[0x00, 0xa4, 0x0a, 0x0f],
+            "no arguments, Return (0x0F)"
+        );
+        // OperationRegion (PEOR, SystemIO, 0x505, 1)
+        assert!(contains(device, b"\x5b\x80PEOR\x01\x0b\x05\x05\x01"));
+    }
+
+    #[test]
+    fn dsdt_aml_fits_the_room_reserved_for_it() {
+        assert!(
+            dsdt_aml().len() <= DSDT_AML_MAX,
+            "{} bytes",
+            dsdt_aml().len()
+        );
     }
 
     #[test]
