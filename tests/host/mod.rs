@@ -51,9 +51,10 @@ impl TestHost {
             ),
             Err(_) => {
                 let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-                let hw = cpuinfo.lines().filter(|l| l.starts_with("flags")).any(|l| {
-                    l.split_whitespace().any(|f| f == "vmx" || f == "svm")
-                });
+                let hw = cpuinfo
+                    .lines()
+                    .filter(|l| l.starts_with("flags"))
+                    .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
                 if hw {
                     TestHost::Hardware
                 } else {
@@ -74,7 +75,10 @@ impl TestHost {
     }
 
     pub fn data_breakpoints_fire(self) -> bool {
-        matches!(self, TestHost::Hardware | TestHost::HardwareInt3NotIntercepted)
+        matches!(
+            self,
+            TestHost::Hardware | TestHost::HardwareInt3NotIntercepted
+        )
     }
 
     pub fn sw_break_path(self) -> SwBreakPath {
