@@ -1,8 +1,10 @@
 /*
  * /init for minivmm's Linux initramfs: a static 32-bit program that prints one marker line
  *   minivmm-init: nproc=N cmdline=<the kernel command line>
- * and reboots (which ends minivmm with status 0). With `minivmm.shell` on the command line
- * it runs /bin/sh (busybox) instead, for an interactive initramfs shell.
+ * and reboots (which ends minivmm with status 0); with `minivmm.poweroff` on the command line
+ * it powers off instead. With `minivmm.shell` it runs /bin/sh (busybox) for an interactive
+ * initramfs shell and stays PID 1, as an init does: busybox `reboot` and `poweroff` signal
+ * PID 1 (SIGTERM, SIGUSR2), which then reboots or powers off; so does the shell's end.
  *
  * It is 32-bit and uses `int $0x80`, never `syscall`: some emulating nested-KVM hosts
  * mishandle the 64-bit `syscall` instruction from user mode (see HOST-KVM notes), while
@@ -11,20 +13,27 @@
         .intel_syntax noprefix
         .code32
 
+        .set SYS_fork, 2
         .set SYS_read, 3
         .set SYS_write, 4
         .set SYS_open, 5
+        .set SYS_waitpid, 7
         .set SYS_execve, 11
         .set SYS_mount, 21
+        .set SYS_signal, 48
         .set SYS_reboot, 88
         .set SYS_sched_getaffinity, 242
         .set LINUX_REBOOT_MAGIC1, 0xfee1dead
         .set LINUX_REBOOT_MAGIC2, 672274793
         .set LINUX_REBOOT_CMD_RESTART, 0x01234567
+        .set LINUX_REBOOT_CMD_POWER_OFF, 0x4321fedc
+        .set SIGTERM, 15
+        .set SIGUSR2, 12
         /* Defined before use: in Intel syntax a later-defined symbol reads as memory. */
         .set CMDLINE_MAX, 4096
         .set AFFINITY_BYTES, 128
         .set SHELL_WORD_LEN, 13
+        .set POWEROFF_WORD_LEN, 16
 
         .text
         .globl _start
@@ -98,40 +107,95 @@ _start:
         lea     ecx, str_newline
         call    puts
 
-        /* `minivmm.shell` on the command line: hand over to busybox sh. */
-        lea     esi, cmdline
-        mov     ecx, [cmdline_len]
-7:      cmp     ecx, SHELL_WORD_LEN
-        jb      reboot
-        push    ecx
-        push    esi
         lea     edi, str_shell_word
-        mov     ecx, SHELL_WORD_LEN
-        repe    cmpsb
-        pop     esi
-        pop     ecx
-        je      run_shell
-        inc     esi
-        dec     ecx
-        jmp     7b
+        mov     edx, SHELL_WORD_LEN
+        call    has_word
+        jnz     run_shell
+        lea     edi, str_poweroff_word
+        mov     edx, POWEROFF_WORD_LEN
+        call    has_word
+        jnz     poweroff
+        jmp     reboot
 
 run_shell:
+        /* Handlers first: a `reboot` typed at once must not find PID 1 ignoring it. */
+        mov     eax, SYS_signal
+        mov     ebx, SIGTERM
+        lea     ecx, reboot
+        int     0x80
+        mov     eax, SYS_signal
+        mov     ebx, SIGUSR2
+        lea     ecx, poweroff
+        int     0x80
+        mov     eax, SYS_fork
+        int     0x80
+        test    eax, eax
+        js      exec_failed
+        jz      exec_shell
+        mov     [shell_pid], eax
+        /* Reap orphans until the shell itself ends (or a signal ends init first). */
+12:     mov     eax, SYS_waitpid
+        mov     ebx, -1
+        xor     ecx, ecx
+        xor     edx, edx
+        int     0x80
+        cmp     eax, -4                 /* -EINTR */
+        je      12b
+        test    eax, eax
+        js      reboot                  /* no children left */
+        cmp     eax, [shell_pid]
+        jne     12b
+        lea     ecx, str_shell_ended
+        call    puts
+        jmp     reboot
+
+exec_shell:
+        /* The child: execve resets the handlers, so the shell gets the default ones. */
         mov     eax, SYS_execve
         lea     ebx, str_sh
         lea     ecx, sh_argv
         lea     edx, sh_envp
         int     0x80
+exec_failed:
         lea     ecx, str_exec_failed
         call    puts
 
+/* Also the SIGTERM handler: it never returns, so it needs no sigreturn. */
 reboot:
-        mov     eax, SYS_reboot
+        mov     edx, LINUX_REBOOT_CMD_RESTART
+        jmp     13f
+/* Also the SIGUSR2 handler. */
+poweroff:
+        mov     edx, LINUX_REBOOT_CMD_POWER_OFF
+13:     mov     eax, SYS_reboot
         mov     ebx, LINUX_REBOOT_MAGIC1
         mov     ecx, LINUX_REBOOT_MAGIC2
-        mov     edx, LINUX_REBOOT_CMD_RESTART
         xor     esi, esi
         int     0x80
 8:      jmp     8b
+
+/* has_word: ZF clear (jnz) if the command line contains the edx bytes at edi. */
+has_word:
+        lea     esi, cmdline
+        mov     ecx, [cmdline_len]
+7:      cmp     ecx, edx
+        jb      14f
+        push    ecx
+        push    esi
+        push    edi
+        mov     ecx, edx
+        repe    cmpsb
+        pop     edi
+        pop     esi
+        pop     ecx
+        je      15f
+        inc     esi
+        dec     ecx
+        jmp     7b
+14:     xor     eax, eax                /* sets ZF: not found */
+        ret
+15:     or      eax, 1                  /* clears ZF: found */
+        ret
 
 /* puts: write the NUL-terminated string at ecx to stdout. */
 puts:
@@ -175,8 +239,13 @@ str_shell_word:     .ascii "minivmm.shell"
         .if (. - str_shell_word) != SHELL_WORD_LEN
         .error "SHELL_WORD_LEN does not match the string"
         .endif
+str_poweroff_word:  .ascii "minivmm.poweroff"
+        .if (. - str_poweroff_word) != POWEROFF_WORD_LEN
+        .error "POWEROFF_WORD_LEN does not match the string"
+        .endif
 str_sh:             .asciz "/bin/sh"
 str_exec_failed:    .asciz "minivmm-init: cannot run /bin/sh, rebooting\n"
+str_shell_ended:    .asciz "minivmm-init: the shell ended, rebooting\n"
 str_path:           .asciz "PATH=/bin:/sbin"
 str_term:           .asciz "TERM=linux"
 
@@ -185,6 +254,7 @@ str_term:           .asciz "TERM=linux"
 sh_argv:            .long str_sh, 0
 sh_envp:            .long str_path, str_term, 0
 cmdline_len:        .long 0
+shell_pid:          .long 0
 
         .section .bss
 cmdline:            .skip CMDLINE_MAX

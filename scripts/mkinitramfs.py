@@ -15,7 +15,7 @@ import os
 import stat
 import sys
 
-APPLETS = ["sh", "ls", "cat", "echo", "mount", "dmesg", "reboot", "poweroff", "uname", "ps"]
+APPLETS = ["sh", "ls", "cat", "echo", "grep", "mount", "dmesg", "reboot", "poweroff", "uname", "ps"]
 
 
 class Cpio:

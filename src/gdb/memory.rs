@@ -23,6 +23,9 @@ impl GdbTarget {
             return Err(TargetError::NonFatal);
         }
         let cpu = self.cpu_of(tid)?;
+        // GDB's Hg reaches us only through the tid of accesses like this one; breakpoints
+        // (Z0, which names no thread) go through the vCPU GDB last addressed.
+        self.current_cpu = cpu;
         let bytes = self.read_raw(cpu, start, data.len())?;
         if bytes.is_empty() && !data.is_empty() {
             return Err(TargetError::NonFatal);
@@ -42,6 +45,7 @@ impl GdbTarget {
         tid: Tid,
     ) -> TargetResult<(), Self> {
         let cpu = self.cpu_of(tid)?;
+        self.current_cpu = cpu;
         // Keep planted int3 bytes in place; remember GDB's bytes as the originals instead.
         let data = self.breakpoints.keep_planted(start, data);
         self.write_raw(cpu, start, &data)
