@@ -53,6 +53,9 @@ pub struct CoreSummary {
     pub cpus: usize,
     pub vmcoreinfo: bool,
     pub direct_map: Option<u64>,
+    /// vCPUs whose registers are their reset state, not what they held when the guest died
+    /// (KVM on AMD resets a vCPU at its triple fault).
+    pub reset_cpus: Vec<usize>,
 }
 
 const ELF_HEADER_LEN: u64 = 64;
@@ -158,6 +161,12 @@ fn file_offset_in(regions: &[(u64, u64)], ram_at: u64, paddr: u64, len: u64) -> 
     None
 }
 
+/// Whether a page is all zeros, eight bytes at a time.
+fn is_zero(page: &[u8]) -> bool {
+    let mut words = page.chunks_exact(8);
+    words.all(|w| w == [0u8; 8]) && words.remainder().iter().all(|&b| b == 0)
+}
+
 fn elf_header(phnum: u16) -> Vec<u8> {
     let mut h = Vec::with_capacity(ELF_HEADER_LEN as usize);
     h.extend_from_slice(b"\x7fELF");
@@ -224,7 +233,19 @@ impl CoreFile {
         cpus: &[CpuSnapshot],
         first: usize,
     ) -> Result<CoreSummary, CoreError> {
-        let result = self.write_all(mem, cpus, first);
+        self.write_reporting(mem, cpus, first, &mut |_, _| {})
+    }
+
+    /// [`CoreFile::write`], calling `progress(bytes done, bytes in all)` about once a second
+    /// while RAM is written (GDB gives up on a silent stub after two seconds).
+    pub fn write_reporting(
+        self,
+        mem: &GuestMem,
+        cpus: &[CpuSnapshot],
+        first: usize,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<CoreSummary, CoreError> {
+        let result = self.write_all(mem, cpus, first, progress);
         match result {
             Ok(summary) => Ok(summary),
             Err(source) => {
@@ -242,6 +263,7 @@ impl CoreFile {
         mem: &GuestMem,
         cpus: &[CpuSnapshot],
         first: usize,
+        progress: &mut dyn FnMut(u64, u64),
     ) -> io::Result<CoreSummary> {
         let regions: Vec<(u64, u64)> = mem.iter().map(|r| (r.start_addr().0, r.len())).collect();
         let ram_end = regions.iter().map(|&(s, l)| s + l).max().unwrap_or(0);
@@ -258,7 +280,8 @@ impl CoreFile {
             .iter()
             .map(|&i| (prstatus(&cpus[i], i as u32 + 1), qemu_cpu_state(&cpus[i])))
             .collect();
-        let vmcoreinfo = find_vmcoreinfo(mem);
+        let image: Vec<(u64, u64)> = maps.image.iter().map(|m| (m.paddr, m.len)).collect();
+        let vmcoreinfo = find_vmcoreinfo(mem, &image);
         let mut notes: Vec<Note> = Vec::new();
         for (pr, _) in &statuses {
             notes.push(Note {
@@ -297,6 +320,9 @@ impl CoreFile {
         // RAM, region by region at the offsets the PT_LOADs give; zero pages stay holes.
         let mut buf = vec![0u8; 1 << 20];
         let mut end = head.len() as u64;
+        let total: u64 = regions.iter().map(|&(_, l)| l).sum();
+        let mut written = 0u64;
+        let mut last_report = std::time::Instant::now();
         for (p, &(start, len)) in phdrs[1..].iter().zip(&regions) {
             let mut done = 0u64;
             while done < len {
@@ -304,12 +330,17 @@ impl CoreFile {
                 mem.read_slice(&mut buf[..n], GuestAddress(start + done))
                     .map_err(|e| io::Error::other(format!("reading guest RAM: {e}")))?;
                 for (i, page) in buf[..n].chunks(PAGE as usize).enumerate() {
-                    if page.iter().any(|&b| b != 0) {
+                    if !is_zero(page) {
                         self.file
                             .write_all_at(page, p.offset + done + (i as u64) * PAGE)?;
                     }
                 }
                 done += n as u64;
+                written += n as u64;
+                if last_report.elapsed() >= std::time::Duration::from_secs(1) {
+                    progress(written, total);
+                    last_report = std::time::Instant::now();
+                }
             }
             end = end.max(p.offset + len);
         }
@@ -322,6 +353,12 @@ impl CoreFile {
             cpus: cpus.len(),
             vmcoreinfo: vmcoreinfo.is_some(),
             direct_map: maps.direct_map,
+            reset_cpus: cpus
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.is_reset_state())
+                .map(|(i, _)| i)
+                .collect(),
         })
     }
 }

@@ -181,6 +181,11 @@ fn exit_for(ended: Ended) -> ExitCode {
     // The core's line comes last: it is what a CI log reader looks for.
     match ended.core {
         Some(Ok(core)) => {
+            for cpu in &core.reset_cpus {
+                eprintln!(
+                    "minivmm: note: vCPU {cpu}'s registers in the core are its reset state: this host's KVM (AMD) resets a vCPU at a triple fault"
+                );
+            }
             eprintln!(
                 "minivmm: core file written to {} ({} MiB of RAM, {} vCPUs{}): gdb vmlinux {}",
                 core.path.display(),

@@ -121,7 +121,7 @@ impl MonitorCmd for GdbTarget {
                     "virtual"
                 }
             ),
-            ["dump", path] => match self.dump_core(std::path::Path::new(path)) {
+            ["dump", path] => match self.dump_core(std::path::Path::new(path), &mut out) {
                 Ok(summary) => outputln!(
                     out,
                     "core file written to {} ({} MiB of RAM, {} vCPUs{})",
@@ -153,7 +153,11 @@ impl MonitorCmd for GdbTarget {
 
 impl GdbTarget {
     /// `monitor dump`: every vCPU is stopped (GDB is at a stop), so each can be asked.
-    fn dump_core(&mut self, path: &std::path::Path) -> Result<CoreSummary, String> {
+    fn dump_core(
+        &mut self,
+        path: &std::path::Path,
+        out: &mut ConsoleOutput<'_>,
+    ) -> Result<CoreSummary, String> {
         let core = CoreFile::create(path).map_err(|e| e.to_string())?;
         let mut cpus = Vec::with_capacity(self.vcpus.len());
         for cpu in 0..self.vcpus.len() {
@@ -167,7 +171,12 @@ impl GdbTarget {
                 }
             }
         }
-        core.write(&self.mem, &cpus, self.current_cpu)
+        // Progress lines keep GDB from timing out on a large guest.
+        let mut progress = |done: u64, total: u64| {
+            outputln!(out, "writing RAM: {} of {} MiB", done >> 20, total >> 20);
+            out.flush();
+        };
+        core.write_reporting(&self.mem, &cpus, self.current_cpu, &mut progress)
             .map_err(|e| e.to_string())
     }
 }

@@ -29,6 +29,12 @@ impl CpuSnapshot {
         })
     }
 
+    /// Whether this is the state of a vCPU just reset (RIP at the reset vector 0xfff0 with
+    /// CS base 0xffff0000), as KVM on AMD leaves a vCPU after a triple fault.
+    pub fn is_reset_state(&self) -> bool {
+        self.regs.rip == 0xfff0 && self.sregs.cs.base == 0xffff_0000
+    }
+
     pub fn paging(&self) -> PagingContext {
         PagingContext {
             cr0: self.sregs.cr0,
@@ -300,15 +306,15 @@ fn find_kernel_mappings(leaves: &[KernelMapping], ram_end: u64) -> KernelMapping
 }
 
 /// The guest's VMCOREINFO note (what `crash` and `makedumpfile` read: the kernel's
-/// release, KASLR offset, symbol addresses), found in RAM as crash finds it in a raw
-/// dump: an ELF note named "VMCOREINFO" whose text starts with "OSRELEASE=".
-pub fn find_vmcoreinfo(mem: &GuestMem) -> Option<Vec<u8>> {
-    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+/// release, KASLR offset, symbol addresses), found as crash finds it in a raw dump: an ELF
+/// note named "VMCOREINFO" whose text starts with "OSRELEASE=". Linux keeps it in its
+/// image's data, so only the `ranges` (guest-physical start, length) of the kernel image are
+/// searched.
+pub fn find_vmcoreinfo(mem: &GuestMem, ranges: &[(u64, u64)]) -> Option<Vec<u8>> {
     const NAME: &[u8] = b"VMCOREINFO\0\0";
     const MAX_DESC: usize = 4096;
-    for region in mem.iter() {
-        let start = region.start_addr().0;
-        let len = region.len() as usize;
+    for &(start, len) in ranges {
+        let len = len as usize;
         let mut buf = vec![0u8; len.min(1 << 24)];
         let mut off = 0usize;
         while off < len {
@@ -350,7 +356,16 @@ pub fn find_vmcoreinfo(mem: &GuestMem) -> Option<Vec<u8>> {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    let first = *needle.first()?;
+    let mut at = 0;
+    while let Some(p) = hay[at..].iter().position(|&b| b == first) {
+        let i = at + p;
+        if hay.get(i..i + needle.len()) == Some(needle) {
+            return Some(i);
+        }
+        at = i + 1;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -449,9 +464,15 @@ mod tests {
         note.extend_from_slice(b"VMCOREINFO\0\0");
         note.extend_from_slice(text);
         mem.write_slice(&note, GuestAddress(0x8_1000)).unwrap();
-        assert_eq!(find_vmcoreinfo(&mem).as_deref(), Some(&text[..]));
+        let image = [(0x8_0000, 0x2_0000)];
+        assert_eq!(find_vmcoreinfo(&mem, &image).as_deref(), Some(&text[..]));
+        assert_eq!(
+            find_vmcoreinfo(&mem, &[(0, 0x1000)]),
+            None,
+            "outside the image"
+        );
         mem.write_slice(b"NOTAREL", GuestAddress(0x8_1000 + 24))
             .unwrap();
-        assert_eq!(find_vmcoreinfo(&mem), None);
+        assert_eq!(find_vmcoreinfo(&mem, &image), None);
     }
 }
