@@ -280,8 +280,7 @@ impl CoreFile {
             .iter()
             .map(|&i| (prstatus(&cpus[i], i as u32 + 1), qemu_cpu_state(&cpus[i])))
             .collect();
-        let image: Vec<(u64, u64)> = maps.image.iter().map(|m| (m.paddr, m.len)).collect();
-        let vmcoreinfo = find_vmcoreinfo(mem, &image);
+        let vmcoreinfo = find_vmcoreinfo(mem);
         let mut notes: Vec<Note> = Vec::new();
         for (pr, _) in &statuses {
             notes.push(Note {

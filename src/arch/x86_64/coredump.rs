@@ -307,63 +307,55 @@ fn find_kernel_mappings(leaves: &[KernelMapping], ram_end: u64) -> KernelMapping
 
 /// The guest's VMCOREINFO note (what `crash` and `makedumpfile` read: the kernel's
 /// release, KASLR offset, symbol addresses), found as crash finds it in a raw dump: an ELF
-/// note named "VMCOREINFO" whose text starts with "OSRELEASE=". Linux keeps it in its
-/// image's data, so only the `ranges` (guest-physical start, length) of the kernel image are
-/// searched.
-pub fn find_vmcoreinfo(mem: &GuestMem, ranges: &[(u64, u64)]) -> Option<Vec<u8>> {
+/// note named "VMCOREINFO" whose text starts with "OSRELEASE=". Linux allocates it at boot,
+/// anywhere in RAM, so all of RAM is searched (4-byte aligned, as notes are).
+pub fn find_vmcoreinfo(mem: &GuestMem) -> Option<Vec<u8>> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
     const NAME: &[u8] = b"VMCOREINFO\0\0";
     const MAX_DESC: usize = 4096;
-    for &(start, len) in ranges {
-        let len = len as usize;
-        let mut buf = vec![0u8; len.min(1 << 24)];
+    const CHUNK: usize = 1 << 22;
+    // Each chunk is read with enough beyond it for a note that starts at its very end.
+    const OVERLAP: usize = 12 + 12 + MAX_DESC;
+    let magic = u32::from_le_bytes([b'V', b'M', b'C', b'O']);
+    let mut buf = vec![0u8; CHUNK + OVERLAP];
+    for region in mem.iter() {
+        let (start, len) = (region.start_addr().0, region.len() as usize);
         let mut off = 0usize;
         while off < len {
-            let n = buf.len().min(len - off);
+            let n = (CHUNK + OVERLAP).min(len - off);
+            let hay = &mut buf[..n];
             if mem
-                .read_slice(&mut buf[..n], GuestAddress(start + off as u64))
+                .read_slice(hay, GuestAddress(start + off as u64))
                 .is_err()
             {
                 break;
             }
             let hay = &buf[..n];
-            let mut at = 0;
-            while let Some(p) = find(&hay[at..], NAME) {
-                let name_at = at + p;
-                if name_at >= 12 && name_at.is_multiple_of(4) {
-                    let h = &hay[name_at - 12..name_at];
-                    let namesz = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
-                    let descsz = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
-                    let desc_at = name_at + NAME.len();
-                    if namesz == 11
-                        && descsz <= MAX_DESC
-                        && hay
-                            .get(desc_at..desc_at + descsz)
-                            .is_some_and(|d| d.starts_with(b"OSRELEASE="))
-                    {
-                        return Some(hay[desc_at..desc_at + descsz].to_vec());
-                    }
+            // Name positions whose 12-byte header starts inside this chunk.
+            for name_at in (12..n.min(CHUNK + 12).saturating_sub(3)).step_by(4) {
+                let word = u32::from_le_bytes([
+                    hay[name_at],
+                    hay[name_at + 1],
+                    hay[name_at + 2],
+                    hay[name_at + 3],
+                ]);
+                if word != magic || !hay[name_at..].starts_with(NAME) {
+                    continue;
                 }
-                at = name_at + 1;
+                let h = &hay[name_at - 12..name_at];
+                let namesz = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+                let descsz = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
+                let desc_at = name_at + NAME.len();
+                if namesz == 11
+                    && descsz <= MAX_DESC
+                    && let Some(desc) = hay.get(desc_at..desc_at + descsz)
+                    && desc.starts_with(b"OSRELEASE=")
+                {
+                    return Some(desc.to_vec());
+                }
             }
-            // Overlap the chunks so a note across a boundary is still seen.
-            off += n.saturating_sub(MAX_DESC + 64).max(1);
-            if n < buf.len() {
-                break;
-            }
+            off += CHUNK;
         }
-    }
-    None
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    let first = *needle.first()?;
-    let mut at = 0;
-    while let Some(p) = hay[at..].iter().position(|&b| b == first) {
-        let i = at + p;
-        if hay.get(i..i + needle.len()) == Some(needle) {
-            return Some(i);
-        }
-        at = i + 1;
     }
     None
 }
@@ -464,15 +456,21 @@ mod tests {
         note.extend_from_slice(b"VMCOREINFO\0\0");
         note.extend_from_slice(text);
         mem.write_slice(&note, GuestAddress(0x8_1000)).unwrap();
-        let image = [(0x8_0000, 0x2_0000)];
-        assert_eq!(find_vmcoreinfo(&mem, &image).as_deref(), Some(&text[..]));
-        assert_eq!(
-            find_vmcoreinfo(&mem, &[(0, 0x1000)]),
-            None,
-            "outside the image"
-        );
+        assert_eq!(find_vmcoreinfo(&mem).as_deref(), Some(&text[..]));
+        // At the very end of a 4 MiB chunk, and misaligned (not a note): found, not found.
+        mem.write_slice(&[0u8; 128], GuestAddress(0x8_1000))
+            .unwrap();
+        let big: GuestMem =
+            vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 8 << 20)]).unwrap();
+        big.write_slice(&note, GuestAddress((4 << 20) - 8)).unwrap();
+        assert_eq!(find_vmcoreinfo(&big).as_deref(), Some(&text[..]));
+        big.write_slice(&[0u8; 128], GuestAddress((4 << 20) - 8))
+            .unwrap();
+        big.write_slice(&note, GuestAddress(0x10002)).unwrap();
+        assert_eq!(find_vmcoreinfo(&big), None);
+        mem.write_slice(&note, GuestAddress(0x8_1000)).unwrap();
         mem.write_slice(b"NOTAREL", GuestAddress(0x8_1000 + 24))
             .unwrap();
-        assert_eq!(find_vmcoreinfo(&mem, &image), None);
+        assert_eq!(find_vmcoreinfo(&mem), None);
     }
 }
