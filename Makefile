@@ -62,6 +62,12 @@ bench: build
 linux: build
 	MINIVMM=$(BIN) scripts/linux.sh
 
+## A small Linux 6.1 with debug info and GDB helpers, built from Debian's source into
+## ~/.cache/minivmm/kernel (minutes); prints the directory with bzImage and vmlinux.
+.PHONY: test-kernel
+test-kernel:
+	scripts/build-test-kernel.sh
+
 ## The full Linux boot to the initramfs marker, as a test (minutes on an emulating host).
 linux-test:
 	$(CARGO) test --release --test linux -- --include-ignored
