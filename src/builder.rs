@@ -312,6 +312,9 @@ fn setup_devices(vm: &VmFd, events: &Sender<VmEvent>) -> Result<Devices, VmError
 
 /// A built VM, running or about to: the vCPU threads, the GDB thread and the console.
 pub struct Vm {
+    /// The VM's own fd. It must stay open while the guest runs: closing it makes KVM
+    /// release the VM's irqfds, and the serial port's interrupts would never arrive.
+    pub vm_fd: VmFd,
     /// Guest RAM (shared with the vCPUs and the GDB thread).
     pub mem: GuestMem,
     /// The core file to write if the guest dies.
@@ -436,6 +439,7 @@ pub fn build(config: &VmConfig, events: &Sender<VmEvent>) -> Result<Vm, VmError>
         tell_user_what_debugging_lacks(&quirks);
     }
     Ok(Vm {
+        vm_fd: vm,
         mem,
         core,
         vcpus: handles,

@@ -145,6 +145,7 @@ pub fn run(config: &VmConfig) -> Result<Ended, VmError> {
     let (events_tx, events_rx) = channel();
     forward_signals(signals, events_tx.clone())?;
     let Vm {
+        vm_fd,
         mem,
         core,
         vcpus: mut handles,
@@ -175,6 +176,7 @@ pub fn run(config: &VmConfig) -> Result<Ended, VmError> {
     }
     // Everything the guest printed reaches stdout before minivmm exits.
     console.finish();
+    drop(vm_fd);
     drop(terminal);
     Ok(Ended { outcome, core })
 }
