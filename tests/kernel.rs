@@ -1,0 +1,169 @@
+//! The project's own test kernel (scripts/build-test-kernel.sh: Linux 6.1 with DWARF 5,
+//! KASLR on, pvpanic) dying in a CI-like run: a panic ends minivmm with status 7 and leaves
+//! a core that `gdb -x scripts/gdbinit vmlinux core` reads as a nokaslr kernel's would.
+//!
+//! Needs a hardware-virtualised host (the kernel boots in seconds there) and the kernel:
+//! `make test` builds it and names it in MINIVMM_TEST_KERNEL. Elsewhere the tests say what
+//! they could not exercise.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+mod host;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::Vm;
+use host::{TestHost, not_exercised};
+
+const GUESTS: &str = env!("MINIVMM_GUESTS_DIR");
+const BOOT: Duration = Duration::from_secs(300);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The test kernel's build directory, or None (said) where these tests cannot run.
+fn test_kernel(what: &str) -> Option<PathBuf> {
+    if !TestHost::current().is_hardware() {
+        not_exercised(&format!("{what} (the test kernel boots in minutes here)"));
+        return None;
+    }
+    match std::env::var_os("MINIVMM_TEST_KERNEL") {
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => {
+            not_exercised(&format!(
+                "{what} (no MINIVMM_TEST_KERNEL: `make test` builds the kernel and sets it)"
+            ));
+            None
+        }
+    }
+}
+
+/// An initramfs with minivmm's /init and busybox, in the temp directory.
+fn initramfs(name: &str) -> PathBuf {
+    let busybox = Command::new(repo().join("scripts/fetch-linux.sh"))
+        .output()
+        .expect("fetch-linux.sh");
+    let linux = PathBuf::from(String::from_utf8_lossy(&busybox.stdout).trim());
+    let out = std::env::temp_dir().join(format!(
+        "minivmm-kernel-{name}-{}.cpio.gz",
+        std::process::id()
+    ));
+    let status = Command::new("python3")
+        .arg(repo().join("scripts/mkinitramfs.py"))
+        .arg("--init")
+        .arg(Path::new(GUESTS).join("linux-init"))
+        .arg("--busybox")
+        .arg(linux.join("busybox"))
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .expect("running mkinitramfs.py");
+    assert!(status.success());
+    out
+}
+
+fn gdb_on_core(vmlinux: &Path, core: &Path, cmds: &[&str]) -> String {
+    let mut c = Command::new("gdb");
+    c.args(["-batch", "-nx", "-x"])
+        .arg(repo().join("scripts/gdbinit"))
+        .arg(vmlinux)
+        .arg(core);
+    for cmd in cmds {
+        c.args(["-ex", cmd]);
+    }
+    let out = c.output().expect("running gdb");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// `echo c > /proc/sysrq-trigger` in the busybox shell, KASLR on: pvpanic ends minivmm
+/// with status 7 and a core whose backtrace is the panic's, by symbol.
+#[test]
+fn sysrq_crash_ends_with_status_7_and_a_core_gdb_reads_by_symbol() {
+    let Some(kernel) = test_kernel("a kernel panic's status and core") else {
+        return;
+    };
+    let initrd = initramfs("panic");
+    let dir = std::env::temp_dir().join(format!("minivmm-kernel-core-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let core = dir.join("vm.core");
+    let bz = kernel.join("bzImage");
+    let mut vm = Vm::spawn(
+        [
+            "--kernel",
+            bz.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--cpus",
+            "2",
+            "--mem",
+            "512",
+            "--cmdline",
+            "console=ttyS0 minivmm.shell",
+            "--core",
+            core.to_str().unwrap(),
+            "--timeout",
+            "600",
+        ],
+        &[("RUST_LOG", "off")],
+    );
+    // Typed only at the prompt: the kernel's serial driver drops what came before.
+    vm.wait_for_stdout("/ # ", BOOT);
+    vm.write_stdin(b"echo READY-$((40+2))\n");
+    vm.wait_for_stdout("READY-42", Duration::from_secs(60));
+    vm.write_stdin(b"echo c > /proc/sysrq-trigger\n");
+    let out = vm.wait(BOOT);
+    out.assert_code(7);
+    let stdout = out.stdout_text();
+    assert!(
+        stdout.contains("Kernel panic - not syncing: sysrq triggered crash"),
+        "{out}"
+    );
+    let err = out.stderr_text();
+    assert!(err.contains("panicked on vCPU"), "{out}");
+    assert!(
+        err.lines()
+            .last()
+            .unwrap_or("")
+            .contains("with the guest's VMCOREINFO"),
+        "{out}"
+    );
+
+    let text = gdb_on_core(
+        &kernel.join("vmlinux"),
+        &core,
+        &[
+            "bt",
+            "info threads",
+            "p panic_cpu.counter",
+            "p init_task.comm",
+        ],
+    );
+    assert!(
+        text.contains("minivmm: vmlinux relocated by the KASLR offset"),
+        "{text}"
+    );
+    for frame in [
+        "panic (",
+        "sysrq_handle_crash",
+        "__handle_sysrq",
+        "write_sysrq_trigger",
+    ] {
+        assert!(text.contains(frame), "bt shows {frame}\n{text}");
+    }
+    assert!(
+        text.contains("LWP 1") && text.contains("LWP 2"),
+        "every vCPU\n{text}"
+    );
+    // panic_cpu is -1 until a panic: a value read from the core, not vmlinux's image.
+    assert!(
+        text.contains("$1 = 0") || text.contains("$1 = 1"),
+        "the panicking CPU, read from the core\n{text}"
+    );
+    assert!(text.contains("\"swapper/0"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_file(&initrd).unwrap();
+}
