@@ -11,7 +11,7 @@ use std::sync::mpsc::Sender;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::coredump::CpuSnapshot;
-use crate::arch::debug::{AddressSpace, DebugStop, StopState};
+use crate::arch::debug::{AddressSpace, DebugError, DebugStop, StopState};
 use crate::arch::debugreg::{HwSlot, NUM_SLOTS};
 use crate::arch::gdb::X86_64KvmRegs;
 use crate::arch::paging::Translation;
@@ -54,7 +54,15 @@ pub enum VmResponse {
     /// Done.
     Ok,
     /// Refused, and why (the control loop itself never refuses; test doubles do).
-    Err(String),
+    Refused(VmRefusal),
+}
+
+/// Why the control loop refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VmRefusal {
+    /// The VM is ending; its vCPUs take no more requests.
+    #[error("the VM is ending")]
+    Ending,
 }
 
 /// Requests a vCPU thread serves between runs.
@@ -69,7 +77,7 @@ pub enum VcpuControl {
     /// A debugger request, served only while paused; answered on the debug channel.
     Debug(VcpuDebug),
     /// Stop running (for good: the VM is ending) and send the vCPU's state, for a core file.
-    Snapshot(Sender<(usize, Result<CpuSnapshot, String>)>),
+    Snapshot(Sender<(usize, Result<CpuSnapshot, DebugError>)>),
 }
 
 /// Debugger requests to one vCPU. Memory reads, GDB's most frequent request, need none: the
@@ -123,11 +131,11 @@ pub enum VcpuDebugStatus {
     /// A request that only needed to succeed did.
     CommandComplete,
     /// Answers `Translate`: the page walk, or why it failed.
-    Translation(Result<Translation, String>),
+    Translation(Result<Translation, DebugError>),
     /// Answers `DescribeSystemRegs`.
     Text(String),
     /// A request failed (or came while the vCPU was running).
-    Error(String),
+    Error(DebugError),
     /// The vCPU stopped on its own for the debugger (breakpoint, step, watchpoint) and has
     /// paused itself. What GDB needs at every stop comes along (None if it could not be
     /// read), so that the debugger need not ask.

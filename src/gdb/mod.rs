@@ -30,7 +30,7 @@ use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::GuestMem;
-use crate::vm_control::{VcpuControl, VcpuDebugStatusMessage, VmEvent};
+use crate::vm_control::{VcpuControl, VcpuDebugStatusMessage, VmEvent, VmRefusal};
 
 pub use target::GdbTarget;
 
@@ -63,7 +63,7 @@ pub enum GdbError {
     VmGone,
     /// The control loop refused a suspend or resume.
     #[error("the VMM refused: {0}")]
-    VmRefused(String),
+    VmRefused(#[from] VmRefusal),
     /// The breakpoint table could not be sent to the vCPUs before a resume.
     #[error("the breakpoints could not be sent to the vCPUs")]
     BreakpointSync,

@@ -28,7 +28,7 @@ impl GdbTarget {
             .map_err(|_| GdbError::VmGone)?;
         match rx.recv() {
             Ok(VmResponse::Ok) => Ok(()),
-            Ok(VmResponse::Err(e)) => Err(GdbError::VmRefused(e)),
+            Ok(VmResponse::Refused(e)) => Err(GdbError::VmRefused(e)),
             Err(_) => Err(GdbError::VmGone),
         }
     }

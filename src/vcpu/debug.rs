@@ -91,13 +91,13 @@ impl Vcpu {
             }
             VcpuDebug::Translate(vaddr) => archdebug::paging_context(&self.fd).map(|ctx| {
                 VcpuDebugStatus::Translation(
-                    archdebug::translate(&self.mem, &ctx, vaddr).map_err(|e| e.to_string()),
+                    archdebug::translate(&self.mem, &ctx, vaddr).map_err(DebugError::from),
                 )
             }),
             VcpuDebug::DescribeSystemRegs => {
                 archdebug::describe_system_registers(&self.fd).map(VcpuDebugStatus::Text)
             }
         };
-        result.unwrap_or_else(|e| VcpuDebugStatus::Error(e.to_string()))
+        result.unwrap_or_else(VcpuDebugStatus::Error)
     }
 }

@@ -22,6 +22,7 @@ use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::arch::VcpuOps;
 use crate::arch::coredump::CpuSnapshot;
+use crate::arch::debug::DebugError;
 use crate::arch::exits::DebugTraps;
 use crate::devices::PioBus;
 use crate::memory::GuestMem;
@@ -191,14 +192,14 @@ impl Vcpu {
                             self.complete_pending_exit();
                             paused.store(true, Ordering::SeqCst);
                         }
-                        let state = CpuSnapshot::capture(&self.fd).map_err(|e| e.to_string());
+                        let state = CpuSnapshot::capture(&self.fd);
                         let _ = reply.send((self.index, state));
                     }
                     VcpuControl::Debug(req) => {
                         let answer = if paused.load(Ordering::SeqCst) {
                             self.vcpu_control_debug(req, debug, paused)
                         } else {
-                            VcpuDebugStatus::Error("vCPU is running".into())
+                            VcpuDebugStatus::Error(DebugError::Running)
                         };
                         if let Some(ch) = &self.debug {
                             ch.send(self.index, answer);

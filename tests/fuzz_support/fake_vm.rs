@@ -8,14 +8,15 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use minivmm::arch::debug::{self as archdebug, DebugStop, SoftWatch, StopState};
+use minivmm::arch::debug::{self as archdebug, DebugError, DebugStop, SoftWatch, StopState};
 use minivmm::arch::debugreg::{HwBreakKind, HwSlot, NUM_SLOTS, debugreg_array};
 use minivmm::arch::gdb::X86_64KvmRegs;
 use minivmm::arch::paging::PagingContext;
 use minivmm::gdb::{DebugCaps, GdbSetup, GdbTarget};
 use minivmm::memory::GuestMem;
 use minivmm::vm_control::{
-    DebugChannel, VcpuControl, VcpuDebug, VcpuDebugStatus, VmEnd, VmEvent, VmRequest, VmResponse,
+    DebugChannel, VcpuControl, VcpuDebug, VcpuDebugStatus, VmEnd, VmEvent, VmRefusal, VmRequest,
+    VmResponse,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -196,7 +197,7 @@ fn vcpu_thread(cpu: usize, rx: Receiver<VcpuControl>, model: &Mutex<Model>, debu
                 let m = &mut lock(model);
                 let c = &mut m.cpus[cpu];
                 if !c.paused {
-                    debug.send(cpu, VcpuDebugStatus::Error("vCPU is running".into()));
+                    debug.send(cpu, VcpuDebugStatus::Error(DebugError::Running));
                     continue;
                 }
                 let run = stops_received >= c.stops_sent;
@@ -224,11 +225,11 @@ fn vcpu_thread(cpu: usize, rx: Receiver<VcpuControl>, model: &Mutex<Model>, debu
 /// What `Vcpu::vcpu_control_debug` does, on the model (resumes are `vcpu_thread`'s).
 fn serve(m: &mut Model, cpu: usize, req: VcpuDebug) -> VcpuDebugStatus {
     if !m.cpus[cpu].paused {
-        return VcpuDebugStatus::Error("vCPU is running".into());
+        return VcpuDebugStatus::Error(DebugError::Running);
     }
     if m.rng.chance(1, 200) {
         m.injected += 1;
-        return VcpuDebugStatus::Error("injected failure".into());
+        return VcpuDebugStatus::Error(DebugError::NotMapped(0));
     }
     let Model { mem, cpus, .. } = m;
     let c = &mut cpus[cpu];
@@ -236,7 +237,7 @@ fn serve(m: &mut Model, cpu: usize, req: VcpuDebug) -> VcpuDebugStatus {
         VcpuDebug::Resume { .. } => unreachable!("resumes are served by vcpu_thread"),
         VcpuDebug::ReadRegs => VcpuDebugStatus::RegValues(Box::new(c.regs.clone())),
         VcpuDebug::ReadStopState => VcpuDebugStatus::StopState(StopState::from(&c.regs)),
-        VcpuDebug::Snapshot => VcpuDebugStatus::Error("no core files from the fake VM".into()),
+        VcpuDebug::Snapshot => VcpuDebugStatus::Error(DebugError::Running),
         VcpuDebug::WriteRegs(r) => {
             c.regs = *r;
             VcpuDebugStatus::CommandComplete
@@ -244,7 +245,7 @@ fn serve(m: &mut Model, cpu: usize, req: VcpuDebug) -> VcpuDebugStatus {
         VcpuDebug::WriteMem(addr, data, space) => {
             match archdebug::write_memory(mem, &c.ctx(), space, addr, &data) {
                 Ok(()) => VcpuDebugStatus::CommandComplete,
-                Err(e) => VcpuDebugStatus::Error(e.to_string()),
+                Err(e) => VcpuDebugStatus::Error(e),
             }
         }
         VcpuDebug::EnableSinglestep(on) => {
@@ -256,7 +257,7 @@ fn serve(m: &mut Model, cpu: usize, req: VcpuDebug) -> VcpuDebugStatus {
                 c.hw = slots;
                 VcpuDebugStatus::CommandComplete
             }
-            Err(e) => VcpuDebugStatus::Error(e.to_string()),
+            Err(e) => VcpuDebugStatus::Error(DebugError::from(e)),
         },
         VcpuDebug::SetSwBreakPoints(mut addrs) => {
             addrs.sort_unstable();
@@ -272,7 +273,7 @@ fn serve(m: &mut Model, cpu: usize, req: VcpuDebug) -> VcpuDebugStatus {
             VcpuDebugStatus::CommandComplete
         }
         VcpuDebug::Translate(vaddr) => VcpuDebugStatus::Translation(
-            archdebug::translate(mem, &c.ctx(), vaddr).map_err(|e| e.to_string()),
+            archdebug::translate(mem, &c.ctx(), vaddr).map_err(DebugError::from),
         ),
         VcpuDebug::DescribeSystemRegs => VcpuDebugStatus::Text(format!(
             "cr0 {:#x} cr3 {:#x}\ncr4 {:#x} efer {:#x}\n",
@@ -298,7 +299,7 @@ fn vmm_thread(rx: Receiver<VmEvent>, model: &Mutex<Model>, vcpus: &[Sender<VcpuC
 fn control(m: &mut Model, req: VmRequest, vcpus: &[Sender<VcpuControl>]) -> VmResponse {
     if m.rng.chance(1, 300) {
         m.injected += 1;
-        return VmResponse::Err("injected refusal".into());
+        return VmResponse::Refused(VmRefusal::Ending);
     }
     match req {
         // Through each vCPU's queue, as minivmm's control loop does: requests queued before

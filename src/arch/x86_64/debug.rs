@@ -61,6 +61,12 @@ pub enum DebugError {
     /// Guest memory refused the write.
     #[error("write at {addr:#x}: {source}")]
     Write { addr: u64, source: GuestMemoryError },
+    /// The page walk for a virtual address failed.
+    #[error(transparent)]
+    Walk(#[from] WalkError),
+    /// The request came while the vCPU was running; the debugger only touches a paused one.
+    #[error("the vCPU is running")]
+    Running,
 }
 
 /// Maps a failed ioctl to a `DebugError` naming it.

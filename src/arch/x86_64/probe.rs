@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use thiserror::Error;
+
 use kvm_bindings::{
     KVM_GUESTDBG_BLOCKIRQ, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
     KVM_GUESTDBG_USE_SW_BP, kvm_guest_debug,
@@ -18,6 +20,33 @@ use super::boot::{BootEntry, boot_fpu, boot_regs, boot_sregs, write_boot_tables}
 use super::debug::{host_blocks_irq_when_stepping, host_syncs_regs};
 use super::debugreg::{self, HwBreakKind, HwSlot};
 use crate::memory::{GuestMem, register_guest_memory};
+
+/// Why the probe could not run (minivmm then assumes a hardware-virtualising host).
+#[derive(Debug, Error)]
+enum ProbeError {
+    /// A KVM ioctl on the probe's VM failed.
+    #[error("{what}: {source}")]
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    /// The probe's memory could not be set up.
+    #[error("probe memory: {0}")]
+    Memory(String),
+    /// The probe's debug registers could not be encoded.
+    #[error(transparent)]
+    DebugRegs(#[from] debugreg::DebugRegError),
+    /// An instruction other than the ones probed failed to emulate.
+    #[error("emulation failure at {0:#x}")]
+    EmulationFailure(u64),
+    /// KVM stopped the probe for a reason it has no business with.
+    #[error("unexpected exit {0}")]
+    UnexpectedExit(String),
+}
+
+fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> ProbeError {
+    move |source| ProbeError::Kvm { what, source }
+}
 
 /// What the probe found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,44 +147,43 @@ pub fn probe_host(kvm: &Kvm) -> HostQuirks {
 fn debug_control(
     breakpoints: [Option<HwSlot>; 4],
     control: u32,
-) -> Result<kvm_guest_debug, String> {
+) -> Result<kvm_guest_debug, ProbeError> {
     let mut debug = kvm_guest_debug {
         control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_SW_BP | control,
         ..Default::default()
     };
     if breakpoints.iter().any(Option::is_some) {
         debug.control |= KVM_GUESTDBG_USE_HW_BP;
-        debug.arch.debugreg = debugreg::debugreg_array(&breakpoints).map_err(|e| e.to_string())?;
+        debug.arch.debugreg = debugreg::debugreg_array(&breakpoints)?;
     }
     Ok(debug)
 }
 
-fn set_debug(vcpu: &VcpuFd, slots: [Option<HwSlot>; 4]) -> Result<(), String> {
+fn set_debug(vcpu: &VcpuFd, slots: [Option<HwSlot>; 4]) -> Result<(), ProbeError> {
     vcpu.set_guest_debug(&debug_control(slots, 0)?)
-        .map_err(|e| format!("guest debug: {e}"))
+        .map_err(ioctl("guest debug"))
 }
 
-fn run_probe(kvm: &Kvm) -> Result<HostQuirks, String> {
-    let vm = kvm.create_vm().map_err(|e| format!("create VM: {e}"))?;
+fn run_probe(kvm: &Kvm) -> Result<HostQuirks, ProbeError> {
+    let vm = kvm.create_vm().map_err(ioctl("create VM"))?;
     let mem: GuestMem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), PROBE_MEM)])
-        .map_err(|e| format!("probe memory: {e}"))?;
-    register_guest_memory(&vm, &mem).map_err(|e| e.to_string())?;
-    write_boot_tables(&mem).map_err(|e| e.to_string())?;
+        .map_err(|e| ProbeError::Memory(e.to_string()))?;
+    register_guest_memory(&vm, &mem).map_err(|e| ProbeError::Memory(e.to_string()))?;
+    write_boot_tables(&mem).map_err(|e| ProbeError::Memory(e.to_string()))?;
     mem.write_slice(PROBE_CODE, GuestAddress(CODE))
-        .map_err(|e| format!("probe code: {e}"))?;
+        .map_err(|e| ProbeError::Memory(e.to_string()))?;
 
-    let mut vcpu = vm.create_vcpu(0).map_err(|e| format!("vCPU: {e}"))?;
+    let mut vcpu = vm.create_vcpu(0).map_err(ioctl("vCPU"))?;
     let entry = BootEntry::Long64 {
         entry: CODE,
         zero_page: 0,
     };
-    let sregs = vcpu.get_sregs().map_err(|e| format!("get sregs: {e}"))?;
+    let sregs = vcpu.get_sregs().map_err(ioctl("get sregs"))?;
     vcpu.set_sregs(&boot_sregs(sregs, &entry))
-        .map_err(|e| format!("set sregs: {e}"))?;
+        .map_err(ioctl("set sregs"))?;
     vcpu.set_regs(&boot_regs(&entry))
-        .map_err(|e| format!("set regs: {e}"))?;
-    vcpu.set_fpu(&boot_fpu())
-        .map_err(|e| format!("set fpu: {e}"))?;
+        .map_err(ioctl("set regs"))?;
+    vcpu.set_fpu(&boot_fpu()).map_err(ioctl("set fpu"))?;
 
     let exec = HwSlot {
         addr: CODE,
@@ -183,7 +211,7 @@ fn run_probe(kvm: &Kvm) -> Result<HostQuirks, String> {
     };
     // A handful of exits at most; the bound only guards against a host gone strange.
     for _ in 0..16 {
-        match vcpu.run().map_err(|e| format!("run: {e}"))? {
+        match vcpu.run().map_err(ioctl("run"))? {
             VcpuExit::Debug(arch) if arch.exception == 3 => {
                 quirks.int3_exits = true;
                 break;
@@ -212,7 +240,7 @@ fn run_probe(kvm: &Kvm) -> Result<HostQuirks, String> {
                 // KVM's copy in kvm_run must be what KVM_GET_REGS says at the same exit.
                 if sync_offered {
                     let synced = vcpu.sync_regs().regs;
-                    let regs = vcpu.get_regs().map_err(|e| format!("get regs: {e}"))?;
+                    let regs = vcpu.get_regs().map_err(ioctl("get regs"))?;
                     quirks.syncs_regs = synced.rip == regs.rip
                         && synced.rsp == regs.rsp
                         && synced.rflags == regs.rflags
@@ -224,26 +252,26 @@ fn run_probe(kvm: &Kvm) -> Result<HostQuirks, String> {
             }
             VcpuExit::IoOut(PORT_CX16_OK, _) => {}
             VcpuExit::InternalError => {
-                let mut regs = vcpu.get_regs().map_err(|e| format!("get regs: {e}"))?;
+                let mut regs = vcpu.get_regs().map_err(ioctl("get regs"))?;
                 match regs.rip {
                     AT_CMPXCHG16B => {
                         // The emulator's gap; skip the instruction and go on probing.
                         quirks.emulates_guest_code = true;
                         regs.rip += CMPXCHG16B_LEN;
-                        vcpu.set_regs(&regs).map_err(|e| format!("set regs: {e}"))?;
+                        vcpu.set_regs(&regs).map_err(ioctl("set regs"))?;
                     }
                     AT_INT3 => {
                         // An emulating host fails on int3, and minivmm handles that failure.
                         quirks.int3_exits = true;
                         break;
                     }
-                    rip => return Err(format!("emulation failure at {rip:#x}")),
+                    rip => return Err(ProbeError::EmulationFailure(rip)),
                 }
             }
             // The int3 went to the guest, which has no IDT: #BP, #DF, triple fault.
             VcpuExit::Shutdown => break,
             VcpuExit::Hlt => break,
-            other => return Err(format!("unexpected exit {other:?}")),
+            other => return Err(ProbeError::UnexpectedExit(format!("{other:?}"))),
         }
     }
     // KVM rejects guest-debug flags it does not know, so asking is trying.
