@@ -91,27 +91,38 @@ fn sysrq_crash_ends_with_status_7_and_a_core_gdb_reads_by_symbol() {
     std::fs::create_dir_all(&dir).unwrap();
     let core = dir.join("vm.core");
     let bz = kernel.join("bzImage");
-    let mut vm = Vm::spawn(
-        [
-            "--kernel",
-            bz.to_str().unwrap(),
-            "--initrd",
-            initrd.to_str().unwrap(),
-            "--cpus",
-            "2",
-            "--mem",
-            "512",
-            "--cmdline",
-            "console=ttyS0 minivmm.shell",
-            "--core",
-            core.to_str().unwrap(),
-            "--timeout",
-            "600",
-        ],
-        &[("RUST_LOG", "off")],
-    );
+    let spawn = || {
+        Vm::spawn(
+            [
+                "--kernel",
+                bz.to_str().unwrap(),
+                "--initrd",
+                initrd.to_str().unwrap(),
+                "--cpus",
+                "2",
+                "--mem",
+                "512",
+                "--cmdline",
+                "console=ttyS0 minivmm.shell",
+                "--core",
+                core.to_str().unwrap(),
+                "--timeout",
+                "600",
+            ],
+            &[("RUST_LOG", "off")],
+        )
+    };
     // Typed only at the prompt: the kernel's serial driver drops what came before.
-    vm.wait_for_stdout("/ # ", BOOT);
+    let mut vm = spawn();
+    if let Some(out) = vm.wait_for_stdout_or_exit("/ # ", BOOT) {
+        assert!(
+            host::known_test_host_triple_fault(out.code(), &out.stdout_text(), &out.stderr_text()),
+            "minivmm exited before the shell's prompt\n{out}"
+        );
+        host::retrying_after_test_host_triple_fault("the test kernel's boot");
+        vm = spawn();
+        vm.wait_for_stdout("/ # ", BOOT);
+    }
     vm.write_stdin(b"echo READY-$((40+2))\n");
     vm.wait_for_stdout("READY-42", Duration::from_secs(60));
     vm.write_stdin(b"echo c > /proc/sysrq-trigger\n");

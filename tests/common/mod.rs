@@ -253,6 +253,34 @@ impl Vm {
         )
     }
 
+    /// Like [`Vm::wait_for_stdout`], but when minivmm exits first this returns what it left
+    /// (the caller decides what that ending means) instead of panicking.
+    pub fn wait_for_stdout_or_exit(&mut self, needle: &str, timeout: Duration) -> Option<Output> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = {
+                let out = self.stdout.lock().unwrap();
+                out.windows(needle.len()).any(|w| w == needle.as_bytes())
+            };
+            if found {
+                return None;
+            }
+            if let Ok(Some(_)) = self.child.try_wait() {
+                let out = self.finish();
+                let printed = out
+                    .stdout
+                    .windows(needle.len())
+                    .any(|w| w == needle.as_bytes());
+                return (!printed).then_some(out);
+            }
+            if Instant::now() >= deadline {
+                let out = self.kill_and_finish();
+                panic!("{needle:?} did not appear on stdout within {timeout:?}\n{out}");
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Waits until stdout contains `needle`. Panics (killing minivmm, showing its output)
     /// if it does not appear within `timeout` or minivmm exits first.
     pub fn wait_for_stdout(&mut self, needle: &str, timeout: Duration) {

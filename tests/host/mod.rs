@@ -100,3 +100,25 @@ pub fn not_exercised(what: &str) {
         TestHost::current()
     );
 }
+
+/// Whether a Linux boot that ended before user space ended in the hardware-virtualised
+/// test host's known early-boot triple fault: about one boot in thirty on that host (an L1
+/// under QEMU's TCG) triple-faults while the kernel still runs on its boot CPU alone, at a
+/// different point each time, once even with a single vCPU; not yet classified (QEMU 7.2 as
+/// the VMM in the same L1 hung too). Tests boot again once when this is what happened, and
+/// say so in every run; a second one fails the test.
+pub fn known_test_host_triple_fault(status: Option<i32>, stdout: &str, stderr: &str) -> bool {
+    TestHost::current().is_hardware()
+        && std::env::var_os("MINIVMM_ON_TEST_HOST").is_some()
+        && status == Some(3)
+        && stderr.contains("triple-faulted")
+        && !stdout.contains("Run /init")
+}
+
+/// Says that a boot is being repeated after [`known_test_host_triple_fault`].
+pub fn retrying_after_test_host_triple_fault(what: &str) {
+    let _ = writeln!(
+        std::io::stderr(),
+        "TEST HOST FLAKE: {what}: the guest triple-faulted in early boot (the hardware-virtualised test host's unclassified fault, see README); booting once more"
+    );
+}
