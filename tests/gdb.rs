@@ -251,22 +251,27 @@ fn hbreak_stops_at_function() {
 
 #[test]
 fn hbreak_fifth_is_refused_cleanly() {
-    let (mut vmm, out) = gdbtest(&[
-        "hbreak func_a",
-        "hbreak func_b",
-        "hbreak after_loop",
-        "hbreak done",
-        "hbreak main_loop",
-        "continue",
-        // Still alive: drop the fifth, and the four left work.
-        "p 6 * 7",
-        "delete 5",
-        "continue",
-        "p $pc == &func_a",
-        "p (long)counter",
-        "delete",
-        "continue",
-    ]);
+    // Refusals are logged at debug: GDB itself says the breakpoint could not be inserted.
+    let mut vmm = Vmm::start_logging("gdbtest.elf", &[], "minivmm=debug");
+    let out = gdb(
+        &vmm,
+        &[
+            "hbreak func_a",
+            "hbreak func_b",
+            "hbreak after_loop",
+            "hbreak done",
+            "hbreak main_loop",
+            "continue",
+            // Still alive: drop the fifth, and the four left work.
+            "p 6 * 7",
+            "delete 5",
+            "continue",
+            "p $pc == &func_a",
+            "p (long)counter",
+            "delete",
+            "continue",
+        ],
+    );
     out.expect("Could not insert hardware breakpoint");
     let v = out.values();
     assert_eq!(v[0], "42", "{}", out.text);

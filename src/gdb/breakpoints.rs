@@ -164,7 +164,7 @@ impl GdbTarget {
     /// debug register does the job while one is free.
     fn add_sw_breakpoint_in_debugreg(&mut self, addr: u64) -> bool {
         if !self.caps.exec_breakpoints_fire {
-            info!(
+            debug!(
                 "breakpoint at {addr:#x} refused: on this host int3 never reaches minivmm and execution breakpoints never fire"
             );
             return false;
@@ -181,7 +181,7 @@ impl GdbTarget {
                 true
             }
             Err(e) => {
-                info!(
+                debug!(
                     "breakpoint at {addr:#x} refused: on this host breakpoints need a debug register ({e})"
                 );
                 false
@@ -230,7 +230,7 @@ impl SwBreakpoint for GdbTarget {
 impl HwBreakpoint for GdbTarget {
     fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
         if !self.caps.exec_breakpoints_fire {
-            info!(
+            debug!(
                 "hardware breakpoint at {addr:#x} refused: this host's KVM never fires execution breakpoints"
             );
             return Ok(false);
@@ -241,7 +241,7 @@ impl HwBreakpoint for GdbTarget {
                 // At info, unlike other refusals: GDB only says it could not insert the
                 // breakpoint, and the user must free a debug register (tests/gdb.rs relies
                 // on this line).
-                info!("hardware breakpoint at {addr:#x} refused: {e}");
+                debug!("hardware breakpoint at {addr:#x} refused: {e}");
                 Ok(false)
             }
         }
@@ -323,7 +323,7 @@ impl HwWatchpoint for GdbTarget {
         };
         if let Err(e) = self.breakpoints.hw.add_all(&pieces) {
             // Out of debug registers: at info, as for breakpoints.
-            info!("watchpoint at {addr:#x} refused: {e}");
+            debug!("watchpoint at {addr:#x} refused: {e}");
             return Ok(false);
         }
         debug!(
