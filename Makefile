@@ -35,7 +35,7 @@ hwkvm:
 # The end-to-end suites there, the Linux boot included (seconds there); then the probe and
 # the fallbacks on two hosts with gaps: Debian's own QEMU 10 never lets int3 reach L1's KVM,
 # QEMU 7.2 never fires debug-register breakpoints.
-HWKVM_SUITE ?= boot core gdb gdb_hostile hardening host_caps kernel soak=--nocapture linux=--include-ignored
+HWKVM_SUITE ?= boot core gdb gdb_hostile hardening host_caps kernel soak=--nocapture 'linux=--include-ignored --test-threads=1'
 hwkvm-test: hwkvm test-kernel
 	MINIVMM_TEST_KERNEL=$$(scripts/build-test-kernel.sh) scripts/hwkvm/test $(HWKVM_SUITE)
 	scripts/hwkvm/test --qemu debian-10 --host hardware-int3-not-intercepted host_caps hardening

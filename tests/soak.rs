@@ -55,9 +55,22 @@ fn usage(pid: u32) -> Usage {
             .unwrap_or_else(|e| panic!("/proc/{pid}/{what}: {e}"))
             .count()
     };
+    // The start-up probe's VM is torn down by a thread of its own, which on a slow host may
+    // still be at it when the first reading is taken: it is not the stub's.
+    let probe_teardown = fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter(|t| {
+                    fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.trim() == "probe-teardown")
+                })
+                .count()
+        })
+        .unwrap_or(0);
     let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
     Usage {
-        threads: count("task"),
+        threads: count("task") - probe_teardown,
         fds: count("fd"),
         rss_kib: status_kib(&status, "VmRSS:"),
         peak_rss_kib: status_kib(&status, "VmHWM:"),
