@@ -58,6 +58,23 @@ pub struct CoreSummary {
     pub reset_cpus: Vec<usize>,
 }
 
+impl std::fmt::Display for CoreSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "core file written to {} ({} MiB of RAM, {} vCPUs{})",
+            self.path.display(),
+            self.bytes_of_ram >> 20,
+            self.cpus,
+            if self.vmcoreinfo {
+                ", with the guest's VMCOREINFO"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
 const ELF_HEADER_LEN: u64 = 64;
 const PHDR_LEN: u64 = 56;
 const PT_LOAD: u32 = 1;

@@ -186,18 +186,7 @@ fn exit_for(ended: Ended) -> ExitCode {
                     "minivmm: note: vCPU {cpu}'s registers in the core are its reset state: this host's KVM (AMD) resets a vCPU at a triple fault"
                 );
             }
-            eprintln!(
-                "minivmm: core file written to {} ({} MiB of RAM, {} vCPUs{}): gdb vmlinux {}",
-                core.path.display(),
-                core.bytes_of_ram >> 20,
-                core.cpus,
-                if core.vmcoreinfo {
-                    ", with the guest's VMCOREINFO"
-                } else {
-                    ""
-                },
-                core.path.display()
-            );
+            eprintln!("minivmm: {core}: gdb vmlinux {}", core.path.display());
         }
         Some(Err(e)) => {
             eprintln!("minivmm: error: {e}");

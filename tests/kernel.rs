@@ -18,7 +18,6 @@ use std::time::Duration;
 use common::Vm;
 use host::{TestHost, not_exercised};
 
-const GUESTS: &str = env!("MINIVMM_GUESTS_DIR");
 const BOOT: Duration = Duration::from_secs(300);
 
 fn repo() -> PathBuf {
@@ -52,17 +51,7 @@ fn initramfs(name: &str) -> PathBuf {
         "minivmm-kernel-{name}-{}.cpio.gz",
         std::process::id()
     ));
-    let status = Command::new("python3")
-        .arg(repo().join("scripts/mkinitramfs.py"))
-        .arg("--init")
-        .arg(Path::new(GUESTS).join("linux-init"))
-        .arg("--busybox")
-        .arg(linux.join("busybox"))
-        .arg("-o")
-        .arg(&out)
-        .status()
-        .expect("running mkinitramfs.py");
-    assert!(status.success());
+    common::build_initramfs(&linux, &out);
     out
 }
 

@@ -31,7 +31,6 @@ use common::{Output, Vm};
 use host::{SwBreakPath, TestHost, not_exercised};
 
 const MINIVMM: &str = env!("CARGO_BIN_EXE_minivmm");
-const GUESTS: &str = env!("MINIVMM_GUESTS_DIR");
 /// Where the decompressed kernel's 64-bit entry (startup_64) lands without KASLR.
 const LINUX_ENTRY: u64 = 0x100_0000;
 
@@ -70,17 +69,7 @@ fn initramfs(linux: &Path) -> TempFile {
         std::process::id(),
         BUILT.fetch_add(1, Ordering::Relaxed)
     ));
-    let status = Command::new("python3")
-        .arg(repo().join("scripts/mkinitramfs.py"))
-        .arg("--init")
-        .arg(Path::new(GUESTS).join("linux-init"))
-        .arg("--busybox")
-        .arg(linux.join("busybox"))
-        .arg("-o")
-        .arg(&out)
-        .status()
-        .expect("running mkinitramfs.py");
-    assert!(status.success());
+    common::build_initramfs(linux, &out);
     TempFile(out)
 }
 

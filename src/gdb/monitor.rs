@@ -122,18 +122,7 @@ impl MonitorCmd for GdbTarget {
                 }
             ),
             ["dump", path] => match self.dump_core(std::path::Path::new(path), &mut out) {
-                Ok(summary) => outputln!(
-                    out,
-                    "core file written to {} ({} MiB of RAM, {} vCPUs{})",
-                    summary.path.display(),
-                    summary.bytes_of_ram >> 20,
-                    summary.cpus,
-                    if summary.vmcoreinfo {
-                        ", with the guest's VMCOREINFO"
-                    } else {
-                        ""
-                    }
-                ),
+                Ok(summary) => outputln!(out, "{summary}"),
                 Err(e) => outputln!(out, "{e}"),
             },
             ["host"] => {

@@ -376,3 +376,21 @@ pub fn free_port() -> u16 {
         .expect("binding 127.0.0.1:0")
         .port()
 }
+
+/// Builds minivmm's test initramfs (its /init and busybox from `linux_dir`, the directory
+/// scripts/fetch-linux.sh prints) at `out`, which should be in the temp directory: the
+/// caches are read-only on the hardware-virtualised test host.
+pub fn build_initramfs(linux_dir: &std::path::Path, out: &std::path::Path) {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let status = Command::new("python3")
+        .arg(repo.join("scripts/mkinitramfs.py"))
+        .arg("--init")
+        .arg(PathBuf::from(env!("MINIVMM_GUESTS_DIR")).join("linux-init"))
+        .arg("--busybox")
+        .arg(linux_dir.join("busybox"))
+        .arg("-o")
+        .arg(out)
+        .status()
+        .expect("running mkinitramfs.py");
+    assert!(status.success(), "mkinitramfs.py failed");
+}
