@@ -35,9 +35,12 @@ hwkvm:
 # The end-to-end suites there, the Linux boot included (seconds there); then the probe and
 # the fallbacks on two hosts with gaps: Debian's own QEMU 10 never lets int3 reach L1's KVM,
 # QEMU 7.2 never fires debug-register breakpoints.
-HWKVM_SUITE ?= boot core gdb gdb_hostile hardening host_caps kernel soak=--nocapture 'linux=--include-ignored --test-threads=1'
+# Linux with 4 vCPUs on an L1 with 2 triple-faulted in 3 of 10 boots, with 4 in none of 6
+# (../shared/HOST-KVM.md): the Linux tests get an L1 with 4 CPUs.
+HWKVM_SUITE ?= boot core gdb gdb_hostile hardening host_caps kernel soak=--nocapture
 hwkvm-test: hwkvm test-kernel
 	MINIVMM_TEST_KERNEL=$$(scripts/build-test-kernel.sh) scripts/hwkvm/test $(HWKVM_SUITE)
+	scripts/hwkvm/test --smp 4 'linux=--include-ignored --test-threads=1'
 	scripts/hwkvm/test --qemu debian-10 --host hardware-int3-not-intercepted host_caps hardening
 	scripts/hwkvm/test --qemu debian-7.2 --host hardware-no-debug-registers host_caps
 
