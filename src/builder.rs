@@ -16,6 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::boot::{self, BootEntry};
 use crate::arch::cpu::{self, CpuidFilter};
+use crate::arch::kaslr::install_kernel_map_trap;
 use crate::arch::probe::{HostQuirks, probe_host};
 use crate::arch::{acpi, mptable};
 use crate::coredump::{CoreError, CoreFile};
@@ -32,7 +33,7 @@ use crate::loader::{self, BootSpec};
 use crate::memory::{self, GuestMem};
 use crate::terminal::RawTerminal;
 use crate::vcpu::{self, Vcpu, VcpuHandle};
-use crate::vm_control::{DebugChannel, VmEvent};
+use crate::vm_control::{DebugChannel, KernelMapWatch, VmEvent};
 
 /// What the user asked for.
 #[derive(Debug, Clone)]
@@ -400,6 +401,11 @@ pub fn build(config: &VmConfig, events: &Sender<VmEvent>) -> Result<Vm, VmError>
         .map(|_| DebugChannel::new(debug_tx, wake.clone()));
     let start_paused = config.gdb.is_some() && config.gdb_wait;
 
+    let kernel_map_watch = config
+        .gdb
+        .and(loader::link_text(&images.kernel))
+        .map(|link| Arc::new(KernelMapWatch::new(link, watch_kernel_mapping(&vm))));
+
     vcpu::install_kick_handler().map_err(VmError::KickHandler)?;
     let mut handles = Vec::with_capacity(vcpu_fds.len());
     for (index, fd) in vcpu_fds.into_iter().enumerate() {
@@ -412,6 +418,7 @@ pub fn build(config: &VmConfig, events: &Sender<VmEvent>) -> Result<Vm, VmError>
             debug: debug_channel.clone(),
             block_irq_when_stepping,
             host_syncs_regs,
+            kernel_map_watch: kernel_map_watch.clone(),
         };
         handles.push(vcpu.spawn(start_paused).map_err(VmError::Thread)?);
     }
@@ -431,6 +438,7 @@ pub fn build(config: &VmConfig, events: &Sender<VmEvent>) -> Result<Vm, VmError>
                     int3_exits: quirks.int3_exits,
                 },
                 vm_starts_paused: start_paused,
+                kernel_map_watch: kernel_map_watch.clone(),
             },
         )?),
         None => None,
@@ -447,6 +455,21 @@ pub fn build(config: &VmConfig, events: &Sender<VmEvent>) -> Result<Vm, VmError>
         console: console_thread,
         terminal,
     })
+}
+
+/// Traps the kernel's GS-base writes, so that a debugger can be stopped when the kernel has
+/// mapped itself (KASLR). Hosts without MSR filters (before Linux 5.10) only lose that stop.
+fn watch_kernel_mapping(vm: &VmFd) -> bool {
+    match install_kernel_map_trap(vm) {
+        Ok(()) => {
+            debug!("kernel-mapping trap: on (GS-base writes exit to minivmm)");
+            true
+        }
+        Err(e) => {
+            debug!("kernel-mapping trap: off (this host's KVM has no MSR filter: {e})");
+            false
+        }
+    }
 }
 
 /// Says once, at start-up, which debugger features this host makes minivmm do differently.

@@ -6,6 +6,7 @@
 //! depend on this module and none on another.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 
 use vmm_sys_util::eventfd::EventFd;
@@ -63,6 +64,51 @@ pub enum VmRefusal {
     /// The VM is ending; its vCPUs take no more requests.
     #[error("the VM is ending")]
     Ending,
+}
+
+/// What the vCPU threads and the GDB thread share about where the Linux kernel runs. The
+/// vCPUs trap the kernel's first write of GS base (it comes right after the kernel switched
+/// to its own page tables, before any C code runs at its final address) and measure its
+/// KASLR slide there; the GDB thread asks to be stopped at that moment, so that GDB can
+/// relocate vmlinux before breakpoints set at attach are needed.
+#[derive(Debug)]
+pub struct KernelMapWatch {
+    /// Where the kernel was linked to put `_text`.
+    pub link_text: u64,
+    /// KVM sends the kernel's GS-base writes to minivmm (an MSR filter): without it, the
+    /// slide is known only at stops.
+    pub trap_installed: bool,
+    stop_requested: AtomicBool,
+    /// The slide GDB was last stopped for (0: never; vmlinux's own addresses).
+    slide_reported: AtomicU64,
+}
+
+impl KernelMapWatch {
+    pub fn new(link_text: u64, trap_installed: bool) -> Self {
+        KernelMapWatch {
+            link_text,
+            trap_installed,
+            stop_requested: AtomicBool::new(false),
+            slide_reported: AtomicU64::new(0),
+        }
+    }
+
+    /// The debugger wants (or no longer wants) a stop when the kernel maps itself somewhere
+    /// new. A new session starts from vmlinux's own addresses again.
+    pub fn request_stop(&self, on: bool) {
+        self.stop_requested.store(on, Ordering::SeqCst);
+        self.slide_reported.store(0, Ordering::SeqCst);
+    }
+
+    pub fn stop_requested(&self) -> bool {
+        self.stop_requested.load(Ordering::SeqCst)
+    }
+
+    /// Whether the vCPU that found the kernel at `slide` must stop: the debugger asked, and
+    /// no vCPU has stopped for this slide yet (each AP writes GS base too).
+    pub fn should_stop_for(&self, slide: u64) -> bool {
+        self.stop_requested() && self.slide_reported.swap(slide, Ordering::SeqCst) != slide
+    }
 }
 
 /// Requests a vCPU thread serves between runs.

@@ -160,12 +160,14 @@ fn exec_slot(addr: u64) -> HwSlot {
 }
 
 impl GdbTarget {
-    /// `break` where an int3 would go to the guest instead of minivmm (and kill it): a
-    /// debug register does the job while one is free.
-    fn add_sw_breakpoint_in_debugreg(&mut self, addr: u64) -> bool {
+    /// `break` where an int3 cannot do: where it would go to the guest instead of minivmm
+    /// (and kill it), or at an address nothing maps yet (`break start_kernel` typed before
+    /// the kernel runs). A debug register does the job while one is free: it fires on the
+    /// virtual address whenever that comes to be executed. `why` is for the log.
+    fn add_sw_breakpoint_in_debugreg(&mut self, addr: u64, why: &str) -> bool {
         if !self.caps.exec_breakpoints_fire {
             debug!(
-                "breakpoint at {addr:#x} refused: on this host int3 never reaches minivmm and execution breakpoints never fire"
+                "breakpoint at {addr:#x} refused: {why}, and execution breakpoints never fire on this host"
             );
             return false;
         }
@@ -174,15 +176,13 @@ impl GdbTarget {
         }
         match self.breakpoints.hw.add(exec_slot(addr)) {
             Ok(_) => {
-                debug!(
-                    "breakpoint at {addr:#x} in a debug register (int3 never reaches minivmm here)"
-                );
+                debug!("breakpoint at {addr:#x} in a debug register ({why})");
                 self.breakpoints.sw_in_debugregs.insert(addr);
                 true
             }
             Err(e) => {
                 debug!(
-                    "breakpoint at {addr:#x} refused: on this host breakpoints need a debug register ({e})"
+                    "breakpoint at {addr:#x} refused: {why}, and no debug register is free ({e})"
                 );
                 false
             }
@@ -193,15 +193,21 @@ impl GdbTarget {
 impl SwBreakpoint for GdbTarget {
     fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
         if !self.caps.int3_exits {
-            return Ok(self.add_sw_breakpoint_in_debugreg(addr));
+            return Ok(self.add_sw_breakpoint_in_debugreg(addr, "int3 never reaches minivmm here"));
         }
-        if self.breakpoints.sw.contains_key(&addr) {
+        if self.breakpoints.sw.contains_key(&addr)
+            || self.breakpoints.sw_in_debugregs.contains(&addr)
+        {
             return Ok(true);
         }
         let cpu = self.current_cpu;
         let orig = match self.read_raw(cpu, addr, 1)?.first() {
             Some(&b) => b,
-            None => return Ok(false),
+            None => {
+                return Ok(
+                    self.add_sw_breakpoint_in_debugreg(addr, "its address is not mapped yet")
+                );
+            }
         };
         if self.write_raw(cpu, addr, &[INT3]).is_err() {
             return Ok(false);

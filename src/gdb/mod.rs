@@ -30,7 +30,7 @@ use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::GuestMem;
-use crate::vm_control::{VcpuControl, VcpuDebugStatusMessage, VmEvent, VmRefusal};
+use crate::vm_control::{KernelMapWatch, VcpuControl, VcpuDebugStatusMessage, VmEvent, VmRefusal};
 
 pub use target::GdbTarget;
 
@@ -113,6 +113,8 @@ pub struct GdbSetup {
     pub caps: DebugCaps,
     /// The VM starts paused, so this first session begins before the first instruction.
     pub vm_starts_paused: bool,
+    /// Where the Linux kernel runs, shared with the vCPUs; `None` when it is not Linux.
+    pub kernel_map_watch: Option<Arc<KernelMapWatch>>,
 }
 
 /// The GDB port, bound before anything runs so that a bad address or a busy port fails at

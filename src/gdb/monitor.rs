@@ -6,6 +6,7 @@ use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd};
 use super::DebugCaps;
 use super::target::GdbTarget;
 use crate::arch::debug::AddressSpace;
+use crate::arch::kaslr::{KernelPlacement, find_kernel_placement};
 use crate::coredump::{CoreFile, CoreSummary};
 use crate::vm_control::{VcpuDebug, VcpuDebugStatus};
 
@@ -15,6 +16,10 @@ minivmm monitor commands (they apply to the current thread's vCPU):
   monitor translate ADDR  walk the page tables for a virtual address, level by level
   monitor phys on|off     treat memory addresses as guest-physical (on) or virtual (off)
   monitor host            how this host's KVM serves break, hbreak and watch
+  monitor kaslr           where the Linux kernel runs: its KASLR slide, _text, phys_base
+  monitor kaslr stop on|off  stop when the kernel has mapped itself at a new slide
+                          (scripts/gdbinit turns this on and relocates vmlinux there)
+  monitor info version    minivmm's version (Linux's scripts/gdb ask this, as of QEMU)
   monitor dump PATH       write an ELF core file of the whole guest (as --core does)
   monitor quit            end minivmm
   monitor help            this text";
@@ -125,6 +130,37 @@ impl MonitorCmd for GdbTarget {
                 Ok(summary) => outputln!(out, "{summary}"),
                 Err(e) => outputln!(out, "{e}"),
             },
+            ["kaslr"] => {
+                let placement = self.kernel_placement(cpu);
+                let link = self.kernel_map_watch.as_ref().map(|w| w.link_text);
+                outputln!(out, "{}", describe_placement(link, placement));
+                if let Some(slide) = self.kernel_mapped_stop {
+                    outputln!(
+                        out,
+                        "this stop: minivmm's, the kernel has just mapped itself at slide {slide:#x}"
+                    );
+                }
+            }
+            ["kaslr", "stop", on_off @ ("on" | "off")] => match &self.kernel_map_watch {
+                Some(watch) if watch.trap_installed => {
+                    watch.request_stop(*on_off == "on");
+                    outputln!(
+                        out,
+                        "kernel-mapping stop {on_off}: minivmm stops when the kernel has mapped itself at a new slide"
+                    );
+                }
+                Some(_) => outputln!(
+                    out,
+                    "kernel-mapping stop unavailable: this host's KVM cannot trap the kernel's GS-base write (no MSR filter)"
+                ),
+                None => outputln!(
+                    out,
+                    "kernel-mapping stop unavailable: the kernel is not Linux"
+                ),
+            },
+            // Linux's scripts/gdb take a stub that answers this for QEMU's, whose threads
+            // are CPUs numbered from 1 (lx-cpus, $lx_current()): minivmm's are the same.
+            ["info", "version"] => outputln!(out, "minivmm {}", env!("CARGO_PKG_VERSION")),
             ["host"] => {
                 for line in describe_caps(&self.caps) {
                     outputln!(out, "{line}");
@@ -140,7 +176,29 @@ impl MonitorCmd for GdbTarget {
     }
 }
 
+/// `monitor kaslr`'s answer. Its first line is `slide 0x...` (or `slide unknown`), which
+/// scripts/gdbinit reads.
+fn describe_placement(link_text: Option<u64>, placement: Option<KernelPlacement>) -> String {
+    match (link_text, placement) {
+        (None, _) => "slide unknown: the kernel is not a Linux x86-64 image".to_string(),
+        (Some(_), None) => "slide unknown: the kernel has not mapped itself yet (it is still \
+             starting, or this vCPU is not in its page tables); ask again at a later stop"
+            .to_string(),
+        (Some(link), Some(p)) => format!(
+            "slide {:#x}\n_text {:#x} (linked at {link:#x})\nphys_base {:#x}",
+            p.slide, p.text, p.phys_base
+        ),
+    }
+}
+
 impl GdbTarget {
+    /// Where the kernel is, through `cpu`'s page tables (the vCPU is stopped).
+    pub(super) fn kernel_placement(&mut self, cpu: usize) -> Option<KernelPlacement> {
+        let link = self.kernel_map_watch.as_ref()?.link_text;
+        let state = self.stop_state_of(cpu).ok()?;
+        find_kernel_placement(&self.mem, &state.paging, link)
+    }
+
     /// `monitor dump`: every vCPU is stopped (GDB is at a stop), so each can be asked.
     fn dump_core(
         &mut self,
@@ -173,6 +231,22 @@ impl GdbTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kaslr_answer_starts_with_the_slide() {
+        let p = KernelPlacement {
+            text: 0xffff_ffff_9c00_0000,
+            slide: 0x1b00_0000,
+            phys_base: 0x200_0000,
+        };
+        let text = describe_placement(Some(0xffff_ffff_8100_0000), Some(p));
+        assert!(
+            text.starts_with("slide 0x1b000000\n_text 0xffffffff9c000000"),
+            "{text}"
+        );
+        assert!(describe_placement(Some(1), None).starts_with("slide unknown: the kernel has not"));
+        assert!(describe_placement(None, Some(p)).starts_with("slide unknown: the kernel is not"));
+    }
 
     #[test]
     fn parses_hex_and_decimal() {

@@ -37,6 +37,7 @@ impl GdbTarget {
 
 impl MultiThreadResume for GdbTarget {
     fn resume(&mut self) -> Result<(), Self::Error> {
+        self.kernel_mapped_stop = None;
         Breakpoints::sync_to_vcpus(self).map_err(|_| GdbError::BreakpointSync)?;
         // A stop that arrived while GDB was busy, from a vCPU GDB now resumes, is reported
         // before anything runs again. One still on its way is caught by the vCPU itself: the

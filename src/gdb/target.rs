@@ -25,7 +25,8 @@ use crate::arch::debug::{AddressSpace, DebugStop, StopState};
 use crate::arch::gdb::{X86_64Kvm, X86_64KvmRegs};
 use crate::memory::GuestMem;
 use crate::vm_control::{
-    VcpuControl, VcpuDebug, VcpuDebugStatus, VcpuDebugStatusMessage, VmEnd, VmEvent, VmRequest,
+    KernelMapWatch, VcpuControl, VcpuDebug, VcpuDebugStatus, VcpuDebugStatusMessage, VmEnd,
+    VmEvent, VmRequest,
 };
 
 pub struct GdbTarget {
@@ -61,6 +62,10 @@ pub struct GdbTarget {
     pub(super) regs: Vec<Option<Box<X86_64KvmRegs>>>,
     pub(super) breakpoints: Breakpoints,
     pub(super) caps: DebugCaps,
+    /// Where the Linux kernel runs is watched (see `KernelMapWatch`), for `monitor kaslr`.
+    pub(super) kernel_map_watch: Option<Arc<KernelMapWatch>>,
+    /// The last stop was minivmm's, for the kernel mapping itself at this slide.
+    pub(super) kernel_mapped_stop: Option<u64>,
     pub(super) vm_ended: bool,
 }
 
@@ -85,6 +90,8 @@ impl GdbTarget {
             regs: vec![None; n],
             breakpoints: Breakpoints::default(),
             caps: setup.caps,
+            kernel_map_watch: setup.kernel_map_watch,
+            kernel_mapped_stop: None,
             vm_ended: false,
         }
     }
@@ -111,6 +118,10 @@ impl GdbTarget {
     /// GDB left (detach or lost connection): take out everything it planted and let the VM run.
     pub fn detach(&mut self) -> Result<(), GdbError> {
         self.suspend()?;
+        // The next debugger may not relocate vmlinux: no stops it did not ask for.
+        if let Some(watch) = &self.kernel_map_watch {
+            watch.request_stop(false);
+        }
         let cleared = Breakpoints::clear_all(self);
         if cleared.is_err() {
             warn!("some breakpoints could not be removed from guest memory");
@@ -193,6 +204,13 @@ impl GdbTarget {
                     tid,
                     signal: Signal::SIGTRAP,
                 },
+                DebugStop::KernelMapped { slide } => {
+                    self.kernel_mapped_stop = Some(slide);
+                    MultiThreadStopReason::SignalWithThread {
+                        tid,
+                        signal: Signal::SIGTRAP,
+                    }
+                }
                 DebugStop::SwBreak => MultiThreadStopReason::SwBreak(tid),
                 DebugStop::HwBreak => MultiThreadStopReason::HwBreak(tid),
                 DebugStop::Watch { addr, .. } => match self.breakpoints.watch_for_hit(addr) {

@@ -123,6 +123,34 @@ pub struct LoadedKernel {
     pub cmdline: String,
 }
 
+/// Where a Linux kernel image was linked to put `_text` (the base its KASLR slide is
+/// measured from): `__START_KERNEL_map` plus the bzImage setup header's `pref_address`
+/// (boot protocol 2.10+), or plus the lowest physical load address of a vmlinux ELF, which
+/// the kernel links at that offset. `None` for anything else.
+pub fn link_text(image: &[u8]) -> Option<u64> {
+    const START_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
+    const PREF_ADDRESS: usize = 0x258;
+    const VERSION: usize = 0x206;
+    if !is_linux(image) {
+        return None;
+    }
+    let load = match detect_format(image)? {
+        KernelFormat::BzImage => {
+            let version = u16::from_le_bytes(image.get(VERSION..VERSION + 2)?.try_into().ok()?);
+            if version < 0x20a {
+                return None;
+            }
+            u64::from_le_bytes(image.get(PREF_ADDRESS..PREF_ADDRESS + 8)?.try_into().ok()?)
+        }
+        KernelFormat::Elf => elf::elf_segments(image)
+            .ok()?
+            .iter()
+            .map(|s| s.paddr)
+            .min()?,
+    };
+    START_KERNEL_MAP.checked_add(load)
+}
+
 /// Whether the image is a Linux kernel (not just any kernel in a Linux format): a bzImage
 /// with a kernel version string, or an ELF carrying Linux's banner.
 pub fn is_linux(image: &[u8]) -> bool {

@@ -268,6 +268,25 @@ fn linux_kernels_are_told_apart_from_other_kernels() {
 }
 
 #[test]
+fn link_text_comes_from_pref_address_or_the_elf_load_address() {
+    let mut linux = bzimage(0x020f, 1, 4096);
+    linux[0x20e..0x210].copy_from_slice(&0x100u16.to_le_bytes());
+    linux[0x300..0x306].copy_from_slice(b"6.1.0 ");
+    linux[0x258..0x260].copy_from_slice(&0x100_0000u64.to_le_bytes());
+    assert_eq!(link_text(&linux), Some(0xffff_ffff_8100_0000));
+    linux[0x206..0x208].copy_from_slice(&0x0209u16.to_le_bytes());
+    assert_eq!(
+        link_text(&linux),
+        None,
+        "no pref_address before boot protocol 2.10"
+    );
+    let mut vmlinux = elf(0x20_0000, 16, false);
+    vmlinux[0xa00..0xa0e].copy_from_slice(b"Linux version ");
+    assert_eq!(link_text(&vmlinux), Some(0xffff_ffff_8020_0000));
+    assert_eq!(link_text(&elf(0x100000, 16, false)), None, "not Linux");
+}
+
+#[test]
 fn host_workarounds_reach_only_linux() {
     let mut linux = bzimage(0x020f, 1, 4096);
     linux[0x20e..0x210].copy_from_slice(&0x100u16.to_le_bytes());

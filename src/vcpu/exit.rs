@@ -12,7 +12,7 @@ use crate::arch::debug::DebugStop;
 use crate::arch::exits::{self, ArchExit, DebugTraps};
 use crate::devices::PioBus;
 use crate::memory::GuestMem;
-use crate::vm_control::VcpuFault;
+use crate::vm_control::{KernelMapWatch, VcpuFault};
 
 /// What the vCPU loop does after an exit.
 #[derive(Debug, PartialEq, Eq)]
@@ -41,6 +41,8 @@ pub struct ExitContext<'a> {
     pub cpu: usize,
     pub pio: &'a PioBus,
     pub mem: &'a GuestMem,
+    /// Set when the kernel's mapping of itself is watched for a debugger.
+    pub kernel_map_watch: Option<&'a KernelMapWatch>,
 }
 
 /// Runs the vCPU until its next exit and handles the exit.
@@ -94,6 +96,11 @@ pub fn handle_kvm_exit<V: VcpuOps>(
             exits::handle_internal_error(vcpu, ctx.mem, cpu, traps, rerun_at).into()
         }
         VcpuExit::Debug(arch) => exits::handle_debug_exit(vcpu, ctx.mem, &arch, traps).into(),
+        VcpuExit::X86Wrmsr(exit) => {
+            let (index, value) = (exit.index, exit.data);
+            *exit.error = 0;
+            exits::handle_wrmsr(vcpu, ctx.mem, index, value, ctx.kernel_map_watch).into()
+        }
         VcpuExit::Intr => Next::Continue,
         other => {
             let what = format!("{other:?}");
@@ -126,6 +133,7 @@ mod tests {
         Shutdown,
         Debug(kvm_debug_exit_arch),
         InternalError(u32),
+        Wrmsr(u32, u64),
         Nmi,
         Errno(i32),
     }
@@ -140,6 +148,12 @@ mod tests {
         regs: RefCell<kvm_regs>,
         events: RefCell<kvm_vcpu_events>,
         set_events_calls: Cell<u32>,
+        sregs: kvm_sregs,
+        /// MSR writes done as the host, and whether they fail.
+        msrs: RefCell<Vec<(u32, u64)>>,
+        msr_writes_fail: bool,
+        /// kvm_run's `msr.error`.
+        msr_error: u8,
     }
 
     impl FakeVcpu {
@@ -156,6 +170,10 @@ mod tests {
                 }),
                 events: RefCell::new(kvm_vcpu_events::default()),
                 set_events_calls: Cell::new(0),
+                sregs: kvm_sregs::default(),
+                msrs: RefCell::new(Vec::new()),
+                msr_writes_fail: false,
+                msr_error: 0xff,
             }
         }
     }
@@ -186,6 +204,12 @@ mod tests {
                     self.suberror = suberror;
                     VcpuExit::InternalError
                 }
+                Scripted::Wrmsr(index, data) => VcpuExit::X86Wrmsr(kvm_ioctls::WriteMsrExit {
+                    error: &mut self.msr_error,
+                    reason: kvm_ioctls::MsrExitReason::Filter,
+                    index,
+                    data,
+                }),
                 Scripted::Nmi => VcpuExit::Nmi,
                 Scripted::Errno(errno) => return Err(kvm_ioctls::Error::new(errno)),
             })
@@ -207,7 +231,17 @@ mod tests {
             Ok(())
         }
         fn sregs(&self) -> Result<kvm_sregs, kvm_ioctls::Error> {
-            Ok(kvm_sregs::default())
+            Ok(self.sregs)
+        }
+        fn set_msr(&self, index: u32, value: u64) -> Result<(), kvm_ioctls::Error> {
+            if self.msr_writes_fail {
+                return Err(kvm_ioctls::Error::new(libc::EINVAL));
+            }
+            self.msrs.borrow_mut().push((index, value));
+            Ok(())
+        }
+        fn fail_msr_exit(&mut self) {
+            self.msr_error = 1;
         }
         fn translate(&self, linear: u64) -> Option<u64> {
             Some(linear)
@@ -245,6 +279,7 @@ mod tests {
         mem: GuestMem,
         writes: Writes,
         traps: DebugTraps,
+        watch: Option<KernelMapWatch>,
     }
 
     impl Setup {
@@ -257,6 +292,7 @@ mod tests {
                 mem,
                 writes,
                 traps: DebugTraps::default(),
+                watch: None,
             }
         }
 
@@ -267,6 +303,7 @@ mod tests {
                 cpu: 0,
                 pio: &self.pio,
                 mem: &self.mem,
+                kernel_map_watch: self.watch.as_ref(),
             };
             handle_kvm_exit(vcpu, &ctx, &mut self.traps)
         }
@@ -288,6 +325,75 @@ mod tests {
             dr6,
             ..Default::default()
         })
+    }
+
+    const GS_BASE: u32 = 0xc000_0101;
+
+    /// Linux's page tables after `__startup_64`, in the fake's RAM: the kernel window holds
+    /// `_text` at 0xffffffff9c000000 (slide 0x1b000000 from 0xffffffff81000000).
+    fn kernel_page_tables(s: &Setup, vcpu: &mut FakeVcpu) {
+        let (pml4, pdpt, pd) = (0x4000u64, 0x5000u64, 0x6000u64);
+        s.mem
+            .write_obj(pdpt | 3, GuestAddress(pml4 + 511 * 8))
+            .unwrap();
+        s.mem
+            .write_obj(pd | 3, GuestAddress(pdpt + 510 * 8))
+            .unwrap();
+        s.mem
+            .write_obj(0x200_0000u64 | 0x83, GuestAddress(pd + 224 * 8))
+            .unwrap();
+        vcpu.sregs.cr0 = 1 << 31;
+        vcpu.sregs.cr3 = pml4;
+        vcpu.sregs.cr4 = 1 << 5;
+        vcpu.sregs.efer = (1 << 8) | (1 << 10);
+    }
+
+    #[test]
+    fn a_filtered_msr_write_is_done_as_the_host() {
+        let mut s = Setup::new();
+        let mut vcpu = FakeVcpu::at(CODE);
+        assert_eq!(
+            s.exit(&mut vcpu, Scripted::Wrmsr(GS_BASE, 0x1234)),
+            Next::Continue
+        );
+        assert_eq!(*vcpu.msrs.borrow(), [(GS_BASE, 0x1234)]);
+        assert_eq!(vcpu.msr_error, 0, "KVM must complete the WRMSR");
+        vcpu.msr_writes_fail = true;
+        assert_eq!(
+            s.exit(&mut vcpu, Scripted::Wrmsr(GS_BASE, 1)),
+            Next::Continue
+        );
+        assert_eq!(vcpu.msr_error, 1, "a write KVM refuses is the guest's #GP");
+    }
+
+    #[test]
+    fn the_kernel_mapping_itself_stops_once_per_slide_when_asked() {
+        let mut s = Setup::new();
+        let mut vcpu = FakeVcpu::at(CODE);
+        kernel_page_tables(&s, &mut vcpu);
+        s.watch = Some(KernelMapWatch::new(0xffff_ffff_8100_0000, true));
+        // Not asked: no stop.
+        assert_eq!(
+            s.exit(&mut vcpu, Scripted::Wrmsr(GS_BASE, 7)),
+            Next::Continue
+        );
+        s.watch.as_ref().unwrap().request_stop(true);
+        assert_eq!(
+            s.exit(&mut vcpu, Scripted::Wrmsr(GS_BASE, 7)),
+            Next::DebugStop(DebugStop::KernelMapped { slide: 0x1b00_0000 })
+        );
+        // Each AP writes GS base too: the same slide stops nobody again.
+        assert_eq!(
+            s.exit(&mut vcpu, Scripted::Wrmsr(GS_BASE, 8)),
+            Next::Continue
+        );
+        // Before the kernel's own page tables, nothing is known and nobody stops.
+        let mut early = FakeVcpu::at(CODE);
+        s.watch.as_ref().unwrap().request_stop(true);
+        assert_eq!(
+            s.exit(&mut early, Scripted::Wrmsr(GS_BASE, 9)),
+            Next::Continue
+        );
     }
 
     #[test]

@@ -22,11 +22,11 @@ use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::arch::VcpuOps;
 use crate::arch::coredump::CpuSnapshot;
-use crate::arch::debug::DebugError;
+use crate::arch::debug::{DebugError, DebugStop};
 use crate::arch::exits::DebugTraps;
 use crate::devices::PioBus;
 use crate::memory::GuestMem;
-use crate::vm_control::{DebugChannel, VcpuControl, VcpuDebugStatus, VmEvent};
+use crate::vm_control::{DebugChannel, KernelMapWatch, VcpuControl, VcpuDebugStatus, VmEvent};
 use exit::{ExitContext, Next, handle_kvm_exit};
 
 /// The signal that kicks a vCPU thread out of KVM_RUN.
@@ -118,6 +118,8 @@ pub struct Vcpu {
     pub block_irq_when_stepping: bool,
     /// The host can copy registers into kvm_run at exits (KVM_CAP_SYNC_REGS).
     pub host_syncs_regs: bool,
+    /// Where the Linux kernel maps itself is watched for the debugger.
+    pub kernel_map_watch: Option<Arc<KernelMapWatch>>,
 }
 
 /// The vCPU's debugging state, owned by its thread.
@@ -212,10 +214,15 @@ impl Vcpu {
                 cpu: self.index,
                 pio: &self.pio,
                 mem: &self.mem,
+                kernel_map_watch: self.kernel_map_watch.as_deref(),
             };
             match handle_kvm_exit(&mut self.fd, &ctx, &mut debug.traps) {
                 Next::Continue => {}
                 Next::DebugStop(stop) => {
+                    if let DebugStop::KernelMapped { .. } = stop {
+                        // Finish the WRMSR first: GDB then sees the vCPU past it.
+                        self.complete_pending_exit();
+                    }
                     paused.store(true, Ordering::SeqCst);
                     self.vcpu_exit_debug(stop, debug);
                 }

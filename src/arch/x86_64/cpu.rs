@@ -147,6 +147,7 @@ const MSR_LSTAR: u32 = 0xc000_0082;
 const MSR_CSTAR: u32 = 0xc000_0083;
 const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
 /// The kernel's GS base while user GS is loaded (SWAPGS exchanges them); GDB shows it too.
+pub const MSR_GS_BASE: u32 = 0xc000_0101;
 pub const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
 const MISC_ENABLE_FAST_STRING: u64 = 1;

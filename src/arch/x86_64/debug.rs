@@ -163,6 +163,9 @@ pub enum DebugStop {
     HwBreak,
     /// A hardware watchpoint on `addr`.
     Watch { addr: u64, kind: HwBreakKind },
+    /// The kernel just switched to its own page tables at a new KASLR slide (the debugger
+    /// asked to stop then, see `KernelMapWatch`).
+    KernelMapped { slide: u64 },
 }
 
 /// What to do with a KVM_EXIT_DEBUG.

@@ -6,11 +6,15 @@ use kvm_bindings::kvm_debug_exit_arch;
 use log::debug;
 
 use super::assist;
+use super::cpu::MSR_GS_BASE;
 use super::debug::{BP_VECTOR, DB_VECTOR, paging_context, reinject_exception};
 use super::debug::{DebugConfig, DebugExit, DebugStop, SoftWatch, classify_debug_exit};
 use super::debugreg::HwBreakKind;
+use super::kaslr::find_kernel_placement;
+use super::paging::PagingContext;
 use super::vcpu_ops::VcpuOps;
 use crate::memory::GuestMem;
+use crate::vm_control::KernelMapWatch;
 
 /// KVM_INTERNAL_ERROR_EMULATION: the in-kernel emulator met an instruction it cannot run.
 pub const SUBERROR_EMULATION: u32 = 1;
@@ -84,6 +88,47 @@ impl DebugTraps {
             }
         }
         hit
+    }
+}
+
+/// A WRMSR that KVM's MSR filter sent here: only GS base is filtered (see
+/// `install_kernel_map_trap`). The write is done as the guest asked; then, when the write
+/// comes from a Linux kernel on its own page tables, its placement is measured and the
+/// debugger is stopped if it asked to be (`KernelMapWatch`). A write KVM refuses gives the
+/// guest the #GP it would have had.
+pub fn handle_wrmsr(
+    vcpu: &mut impl VcpuOps,
+    mem: &GuestMem,
+    index: u32,
+    value: u64,
+    watch: Option<&KernelMapWatch>,
+) -> ArchExit {
+    if let Err(e) = vcpu.set_msr(index, value) {
+        debug!("WRMSR {index:#x} <- {value:#x} failed: {e}");
+        vcpu.fail_msr_exit();
+        return ArchExit::Continue;
+    }
+    let (Some(watch), MSR_GS_BASE) = (watch, index) else {
+        return ArchExit::Continue;
+    };
+    let Ok(sregs) = vcpu.sregs() else {
+        return ArchExit::Continue;
+    };
+    let paging = PagingContext {
+        cr0: sregs.cr0,
+        cr3: sregs.cr3,
+        cr4: sregs.cr4,
+        efer: sregs.efer,
+    };
+    match find_kernel_placement(mem, &paging, watch.link_text) {
+        Some(p) if watch.should_stop_for(p.slide) => {
+            debug!(
+                "the kernel mapped itself: _text at {:#x}, KASLR slide {:#x}; stopping for the debugger",
+                p.text, p.slide
+            );
+            ArchExit::DebugStop(DebugStop::KernelMapped { slide: p.slide })
+        }
+        _ => ArchExit::Continue,
     }
 }
 

@@ -9,6 +9,7 @@ pub mod debug;
 pub mod debugreg;
 pub mod exits;
 pub mod gdb;
+pub mod kaslr;
 pub mod layout;
 pub mod mptable;
 pub mod paging;

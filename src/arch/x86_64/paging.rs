@@ -9,21 +9,21 @@
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
-const CR0_PG: u64 = 1 << 31;
+pub const CR0_PG: u64 = 1 << 31;
 const CR4_PSE: u64 = 1 << 4;
-const CR4_PAE: u64 = 1 << 5;
+pub const CR4_PAE: u64 = 1 << 5;
 const CR4_LA57: u64 = 1 << 12;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
+pub const EFER_LME: u64 = 1 << 8;
+pub const EFER_LMA: u64 = 1 << 10;
 
-const PTE_PRESENT: u64 = 1 << 0;
+pub const PTE_PRESENT: u64 = 1 << 0;
 const PTE_WRITABLE: u64 = 1 << 1;
 const PTE_USER: u64 = 1 << 2;
 /// Page size in directory entries (PAT in the last level, which is never tested for it).
-const PTE_PAGE_SIZE: u64 = 1 << 7;
+pub const PTE_PAGE_SIZE: u64 = 1 << 7;
 /// Physical-address bits 51:12 of a 64-bit entry; NX, protection keys and the
 /// software-available bits live outside this mask.
-const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+pub const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 /// In 32-bit paging the table/frame address is bits 31:12.
 const PTE32_ADDR_MASK: u32 = 0xffff_f000;
 /// In 32-bit paging a 4 MiB page frame is bits 31:22...

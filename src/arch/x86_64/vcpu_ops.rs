@@ -2,7 +2,7 @@
 //! minivmm, a scripted fake in unit tests, which can then drive the exit dispatch with
 //! synthetic exits and no /dev/kvm.
 
-use kvm_bindings::{kvm_regs, kvm_sregs, kvm_vcpu_events};
+use kvm_bindings::{Msrs, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 /// KVM_EXIT_INTERNAL_ERROR's details.
@@ -29,6 +29,10 @@ pub trait VcpuOps {
     fn translate(&self, linear: u64) -> Option<u64>;
     fn events(&self) -> Result<kvm_vcpu_events, kvm_ioctls::Error>;
     fn set_events(&self, events: &kvm_vcpu_events) -> Result<(), kvm_ioctls::Error>;
+    /// Writes one MSR as the host (MSR filters do not apply to the host's writes).
+    fn set_msr(&self, index: u32, value: u64) -> Result<(), kvm_ioctls::Error>;
+    /// Makes the WRMSR/RDMSR just taken to user space fail (the guest gets a #GP).
+    fn fail_msr_exit(&mut self);
 }
 
 impl VcpuOps for VcpuFd {
@@ -73,5 +77,25 @@ impl VcpuOps for VcpuFd {
 
     fn set_events(&self, events: &kvm_vcpu_events) -> Result<(), kvm_ioctls::Error> {
         self.set_vcpu_events(events)
+    }
+
+    fn fail_msr_exit(&mut self) {
+        // Called after KVM_EXIT_X86_WRMSR/RDMSR, when `msr` is the member of the exit union
+        // KVM filled in; KVM reads `error` at the next KVM_RUN.
+        self.get_kvm_run().__bindgen_anon_1.msr.error = 1;
+    }
+
+    fn set_msr(&self, index: u32, value: u64) -> Result<(), kvm_ioctls::Error> {
+        let entry = kvm_msr_entry {
+            index,
+            data: value,
+            ..Default::default()
+        };
+        let msrs =
+            Msrs::from_entries(&[entry]).map_err(|_| kvm_ioctls::Error::new(libc::EINVAL))?;
+        match self.set_msrs(&msrs)? {
+            1 => Ok(()),
+            _ => Err(kvm_ioctls::Error::new(libc::EINVAL)),
+        }
     }
 }
