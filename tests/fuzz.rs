@@ -1126,8 +1126,11 @@ fn gdb_tid(rng: &mut Rng, clean: bool) -> String {
 
 fn monitor_cmd(rng: &mut Rng) -> Vec<u8> {
     let addr = gdb_addr(rng, true);
-    let s = match rng.below(12) {
+    let s = match rng.below(15) {
         0 => "help".into(),
+        12 => "kaslr".into(),
+        13 => format!("kaslr stop {}", ["on", "off", "maybe"][rng.below(3) as usize]),
+        14 => "info version".into(),
         1 => "regs".into(),
         2 | 3 => format!("translate 0x{addr}"),
         4 => format!("translate {}", rng.next()),

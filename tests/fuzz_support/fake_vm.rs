@@ -153,6 +153,10 @@ impl FakeVm {
             mem,
             caps,
             vm_starts_paused: starts_paused,
+            // A Linux kernel's, so that `monitor kaslr` is exercised too.
+            kernel_map_watch: Some(std::sync::Arc::new(
+                minivmm::vm_control::KernelMapWatch::new(0xffff_ffff_8100_0000, true),
+            )),
         });
         (FakeVm { model, threads }, target)
     }
