@@ -1129,7 +1129,10 @@ fn monitor_cmd(rng: &mut Rng) -> Vec<u8> {
     let s = match rng.below(15) {
         0 => "help".into(),
         12 => "kaslr".into(),
-        13 => format!("kaslr stop {}", ["on", "off", "maybe"][rng.below(3) as usize]),
+        13 => format!(
+            "kaslr stop {}",
+            ["on", "off", "maybe"][rng.below(3) as usize]
+        ),
         14 => "info version".into(),
         1 => "regs".into(),
         2 | 3 => format!("translate 0x{addr}"),

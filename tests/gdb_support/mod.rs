@@ -180,7 +180,7 @@ impl Vmm {
         stdin.flush().expect("flushing minivmm stdin");
     }
 
-    fn try_status(&mut self) -> Option<ExitStatus> {
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
             self.status = self.child.try_wait().expect("try_wait on minivmm");
         }
@@ -309,9 +309,20 @@ pub fn parse_num(s: &str) -> Option<u64> {
 /// The `gdb` command line for a session on `vmm`: `-batch -nx <guest> -ex 'target remote'`
 /// followed by one `-ex` per command.
 pub fn gdb_command(vmm: &Vmm, cmds: &[&str]) -> (Command, std::io::PipeReader) {
+    gdb_command_on(vmm, &vmm.guest, &[], cmds)
+}
+
+/// [`gdb_command`] with another symbol file (vmlinux for a bzImage guest) and `-iex`/`-x`
+/// arguments before it (`leading`, as given).
+pub fn gdb_command_on(
+    vmm: &Vmm,
+    symbols: &std::path::Path,
+    leading: &[&str],
+    cmds: &[&str],
+) -> (Command, std::io::PipeReader) {
     let (reader, writer) = std::io::pipe().expect("pipe");
     let mut cmd = Command::new("gdb");
-    cmd.arg("-batch").arg("-nx").arg(&vmm.guest);
+    cmd.arg("-batch").arg("-nx").args(leading).arg(symbols);
     // On the hardware-virtualised test host a guest busy with port I/O keeps L1 (under
     // TCG) so busy that the stub's first reply can take longer than GDB's 2 s default.
     if std::env::var_os("MINIVMM_ON_TEST_HOST").is_some() {
@@ -377,7 +388,12 @@ impl Drop for GdbSession {
 
 /// Starts `gdb -batch -nx` on `vmm` with `cmds`, without waiting for it.
 pub fn gdb_spawn(vmm: &Vmm, cmds: &[&str]) -> GdbSession {
-    let (mut cmd, reader) = gdb_command(vmm, cmds);
+    let (cmd, reader) = gdb_command(vmm, cmds);
+    gdb_spawn_command(cmd, reader)
+}
+
+/// Starts a command from [`gdb_command_on`], without waiting for it.
+pub fn gdb_spawn_command(mut cmd: Command, reader: std::io::PipeReader) -> GdbSession {
     let child = cmd.spawn().expect("spawning gdb (is it installed?)");
     // The Command still holds the write ends; drop it so the reader sees EOF.
     drop(cmd);

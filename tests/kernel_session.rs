@@ -1,0 +1,295 @@
+//! A kernel developer's session on the project's test kernel (scripts/build-test-kernel.sh:
+//! Linux 6.1 with DWARF 5, GDB scripts, KASLR on), driven through the real GDB with
+//! scripts/gdbinit and Linux's own scripts/gdb, as Documentation/dev-tools/
+//! gdb-kernel-debugging.rst describes it: no `nokaslr`, no `hbreak`, no slide by hand.
+//!
+//! Needs the hardware-virtualised host (the kernel boots in seconds there) and the kernel in
+//! MINIVMM_TEST_KERNEL (`make test` sets both); elsewhere the tests say what they skipped.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+mod gdb_support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use gdb_support::host::{self, TestHost, not_exercised};
+use gdb_support::{GdbOutput, Vmm, gdb_command_on, gdb_spawn_command};
+
+/// Boot to the shell, GDB's stops included, on the test host.
+const SESSION: Duration = Duration::from_secs(240);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The test kernel's build directory, or None (said) where these tests cannot run.
+fn test_kernel(what: &str) -> Option<PathBuf> {
+    if !TestHost::current().is_hardware() {
+        not_exercised(&format!("{what} (the test kernel boots in minutes here)"));
+        return None;
+    }
+    match std::env::var_os("MINIVMM_TEST_KERNEL") {
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => {
+            not_exercised(&format!(
+                "{what} (no MINIVMM_TEST_KERNEL: `make test` builds the kernel and sets it)"
+            ));
+            None
+        }
+    }
+}
+
+/// An initramfs with minivmm's /init and busybox, in the temp directory.
+fn initramfs(name: &str) -> PathBuf {
+    let fetched = Command::new(repo().join("scripts/fetch-linux.sh"))
+        .output()
+        .expect("fetch-linux.sh");
+    let linux = PathBuf::from(String::from_utf8_lossy(&fetched.stdout).trim());
+    let out = std::env::temp_dir().join(format!(
+        "minivmm-session-{name}-{}.cpio.gz",
+        std::process::id()
+    ));
+    common::build_initramfs(&linux, &out);
+    out
+}
+
+/// minivmm on the test kernel, waiting for GDB, logging how stops come about.
+fn start(kernel: &Path, extra: &[&str]) -> Vmm {
+    let bz = kernel.join("bzImage");
+    let mut args = vec!["--mem", "512", "--timeout", "600"];
+    args.extend_from_slice(extra);
+    Vmm::start_logging(bz.to_str().unwrap(), &args, "minivmm=debug")
+}
+
+/// `gdb -batch -nx -x scripts/gdbinit vmlinux` on `vmm`, Linux's scripts/gdb auto-loaded,
+/// with `cmds`; `interrupt_when` (serial output) makes it Ctrl-C the guest once.
+fn kernel_gdb(vmm: &Vmm, kernel: &Path, cmds: &[&str], interrupt_when: Option<&str>) -> GdbOutput {
+    let gdbinit = repo().join("scripts/gdbinit");
+    let (cmd, reader) = gdb_command_on(
+        vmm,
+        &kernel.join("vmlinux"),
+        &[
+            "-iex",
+            "set auto-load safe-path /",
+            "-x",
+            gdbinit.to_str().unwrap(),
+        ],
+        cmds,
+    );
+    let session = gdb_spawn_command(cmd, reader);
+    if let Some(text) = interrupt_when {
+        let deadline = Instant::now() + SESSION;
+        while !vmm.serial().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "the guest never printed {text:?}\nserial:\n{}\nlog:\n{}",
+                vmm.serial(),
+                vmm.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        session.interrupt();
+    }
+    session.finish(SESSION)
+}
+
+/// The slide scripts/gdbinit relocated vmlinux by, if it did.
+fn relocated_by(out: &GdbOutput) -> Option<u64> {
+    const SAID: &str = "vmlinux relocated by the KASLR offset 0x";
+    let at = out.text.find(SAID)? + SAID.len();
+    let hex: String = out.text[at..]
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .collect();
+    u64::from_str_radix(&hex, 16).ok()
+}
+
+/// Whether this run died of the test host's early triple fault (see tests/host), not of
+/// anything the session did.
+fn test_host_flake(vmm: &mut Vmm) -> bool {
+    let code = vmm.try_status().and_then(|s| s.code());
+    host::known_test_host_triple_fault(code, &vmm.serial(), &vmm.log())
+}
+
+/// Item 3 and 4 of the kernel workflow: `break start_kernel` typed before the first
+/// instruction, KASLR on, stops at start_kernel with a backtrace by symbol, on boots with
+/// different slides. minivmm holds the breakpoint (its address is not mapped yet), stops when
+/// the kernel has mapped itself, and scripts/gdbinit relocates vmlinux and goes on.
+#[test]
+fn break_start_kernel_at_attach_works_with_kaslr_on_across_boots() {
+    let Some(kernel) = test_kernel("break start_kernel with KASLR on") else {
+        return;
+    };
+    let mut slides = Vec::new();
+    let mut boots = 0;
+    while slides.len() < 3 && !(slides.len() >= 2 && slides[0] != slides[1]) {
+        boots += 1;
+        assert!(boots <= 5, "too many boots: {slides:x?}");
+        let mut vmm = start(&kernel, &["--cpus", "2", "--cmdline", "console=ttyS0"]);
+        let out = kernel_gdb(
+            &vmm,
+            &kernel,
+            &[
+                "break start_kernel",
+                "continue",
+                "bt",
+                "monitor kaslr",
+                "p/x $pc == (unsigned long)&start_kernel",
+                "monitor quit",
+            ],
+            None,
+        );
+        if !out.contains("hit Breakpoint 1, start_kernel ()") && test_host_flake(&mut vmm) {
+            host::retrying_after_test_host_triple_fault("the test kernel's early boot");
+            continue;
+        }
+        out.expect("hit Breakpoint 1, start_kernel ()");
+        out.expect("x86_64_start_reservations");
+        out.expect("x86_64_start_kernel");
+        out.expect("$1 = 0x1");
+        out.expect("minivmm: the kernel has mapped itself; continuing");
+        let slide = relocated_by(&out).unwrap_or(0);
+        out.expect(&format!(
+            "slide {slide:#x}\n_text {:#x}",
+            0xffff_ffff_8100_0000u64 + slide
+        ));
+        // The path its host must take: held in a debug register, then minivmm's stop.
+        let log = vmm.log();
+        assert!(
+            log.contains("in a debug register (its address is not mapped yet)"),
+            "{log}"
+        );
+        assert!(
+            log.contains(&format!(
+                "KASLR slide {slide:#x}; stopping for the debugger"
+            )),
+            "{log}"
+        );
+        slides.push(slide);
+    }
+    assert_ne!(slides[0], slides[1], "two boots, two slides: {slides:x?}");
+}
+
+/// Item 2: the documented workflow on a kernel that reached user space, KASLR on: `next`
+/// over a call, `finish`, `watch` on a kernel variable, then at the shell lx-dmesg, lx-ps,
+/// lx-cmdline, lx-cpus, lx-symbols, `$lx_current()` on every vCPU and `info threads`.
+#[test]
+fn the_kernel_gdb_workflow_works_with_kaslr_on() {
+    let Some(kernel) = test_kernel("the kernel GDB workflow") else {
+        return;
+    };
+    let initrd = initramfs("workflow");
+    let cmdline = "console=ttyS0 minivmm.shell";
+    let mut attempt = 0;
+    let (vmm, out) = loop {
+        attempt += 1;
+        let mut vmm = start(
+            &kernel,
+            &[
+                "--cpus",
+                "2",
+                "--initrd",
+                initrd.to_str().unwrap(),
+                "--cmdline",
+                cmdline,
+            ],
+        );
+        let out = kernel_gdb(
+            &vmm,
+            &kernel,
+            &[
+                "break start_kernel",
+                "continue",
+                "next",
+                "next",
+                "break sched_init",
+                "continue",
+                "finish",
+                "watch jiffies",
+                "continue",
+                "delete",
+                "continue",
+                // Ctrl-C at the shell's prompt ends that continue.
+                "lx-dmesg",
+                "lx-cmdline",
+                "lx-ps",
+                "lx-cpus",
+                "info threads",
+                "thread 1",
+                "p $lx_current().comm",
+                "thread 2",
+                "p $lx_current().comm",
+                // lx-symbols reloads vmlinux as linked; scripts/gdbinit moves it back.
+                "lx-symbols",
+                "info symbol $pc",
+                "monitor info version",
+                "monitor quit",
+            ],
+            Some("/ # "),
+        );
+        if attempt == 1 && !out.contains("lx-dmesg") && test_host_flake(&mut vmm) {
+            host::retrying_after_test_host_triple_fault("the test kernel's boot");
+            continue;
+        }
+        break (vmm, out);
+    };
+    let _ = &vmm;
+    out.expect("hit Breakpoint 1, start_kernel ()");
+    // `next` stays in start_kernel, over the calls on its lines.
+    out.expect_not("set_task_stack_end_magic (");
+    // `finish` returns from sched_init into start_kernel.
+    let after_sched_init = out
+        .text
+        .split_once("hit Breakpoint 2, sched_init ()")
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("no stop in sched_init\n{}", out.text));
+    assert!(
+        after_sched_init.contains("start_kernel () at"),
+        "finish went back to start_kernel\n{}",
+        out.text
+    );
+    out.expect("Hardware watchpoint 3: jiffies");
+    out.expect("New value = ");
+    // lx-dmesg: the kernel's log, read from its ring buffer.
+    out.expect("Linux version 6.1");
+    out.expect(cmdline);
+    // lx-ps: the idle task and kthreadd at least.
+    out.expect("swapper/0");
+    out.expect("kthreadd");
+    out.expect("Thread 1.2 (vCPU 1)");
+    // $lx_current(): each vCPU's own task (CPU = thread - 1, as for QEMU's stub).
+    let comms: Vec<String> = out
+        .values()
+        .into_iter()
+        .filter(|v| v.starts_with('"'))
+        .collect();
+    assert!(
+        comms.len() >= 2,
+        "two $lx_current().comm values\n{}",
+        out.text
+    );
+    for (cpu, comm) in comms.iter().take(2).enumerate() {
+        if comm.starts_with("\"swapper") {
+            assert!(
+                comm.starts_with(&format!("\"swapper/{cpu}")),
+                "vCPU {cpu} runs {comm}\n{}",
+                out.text
+            );
+        }
+    }
+    let after_lx_symbols = out
+        .text
+        .split_once("loading vmlinux")
+        .map_or("", |(_, r)| r);
+    assert!(
+        after_lx_symbols.contains("minivmm: vmlinux relocated by the KASLR offset")
+            && after_lx_symbols.contains("native_safe_halt + "),
+        "vmlinux relocated again after lx-symbols\n{}",
+        out.text
+    );
+    out.expect("minivmm 0.");
+    std::fs::remove_file(&initrd).unwrap();
+}
