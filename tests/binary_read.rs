@@ -311,6 +311,13 @@ fn gdb16_dialect_binary_upload_and_b_replies() {
         let (x, m) = x_and_m(&mut rsp, UNMAPPED, 0x10);
         assert_eq!(x, b"E79");
         assert_eq!(m, b"E79");
+        // Longer than one request may be (the stub's packet size, more than gdbstub reads
+        // for `m`): the first 64 KiB, and the client asks again for the rest.
+        let x = rsp.ask_bytes(&format!("x{PATTERN_AT:x},ffffffffffffffff"));
+        assert!(
+            unescape(&x[1..]) == data[..0x1_0000],
+            "a read clamped to 64 KiB"
+        );
         // Malformed: an error, and the session goes on.
         assert_eq!(rsp.ask_bytes("x12,zz"), b"E79");
         assert_eq!(rsp.ask("g").len(), minivmm::arch::gdb::G_PACKET_LEN * 2);
