@@ -50,9 +50,9 @@ unit-test:
 e2e-test:
 	$(CARGO) test --release --test boot
 
-## The end-to-end GDB suite (needs /dev/kvm and gdb).
+## The end-to-end GDB suite (needs /dev/kvm, gdb and lldb).
 debug-test:
-	ulimit -c 0 && $(CARGO) test --release --test gdb --test gdb_hostile --test hardening
+	ulimit -c 0 && $(CARGO) test --release --test gdb --test gdb_hostile --test hardening --test binary_read
 
 lint:
 	$(CARGO) fmt --check

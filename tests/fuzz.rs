@@ -1185,7 +1185,8 @@ fn packet_body(rng: &mut Rng, clean: bool) -> Vec<u8> {
             format!("P{:x}={}", rng.below(0x48), hex(&rng.bytes(n)))
         }
         6 | 7 => format!("m{},{}", gdb_addr(rng, clean), gdb_len(rng, clean)),
-        // Binary read (`x`, GDB 16): gdbstub 0.7 does not know it and answers empty.
+        // Binary read (`x`): minivmm answers it beside gdbstub, in LLDB's or GDB 16's format.
+        8 if rng.chance(1, 8) => "x0,0".into(),
         8 => format!("x{},{}", gdb_addr(rng, clean), gdb_len(rng, clean)),
         9 | 10 => {
             let n = rng.index(40);
@@ -1248,6 +1249,8 @@ fn packet_body(rng: &mut Rng, clean: bool) -> Vec<u8> {
                 "QThreadEvents:1",
                 "qSupported:multiprocess+;swbreak+;hwbreak+;qRelocInsn+;fork-events+;vfork-events+;exec-events+;vContSupported+;QThreadEvents+;no-resumed+;xmlRegisters=i386",
                 "qSupported:multiprocess-;swbreak+",
+                "qSupported:multiprocess+;swbreak+;hwbreak+;vContSupported+;binary-upload+",
+                "qSupported:binary-upload+",
                 "vKill;1",
                 "!",
                 "qXfer:threads:read::0,fff",

@@ -294,8 +294,16 @@ fn hostile_packets_answered_and_memory_unchanged() {
         "vMustReplyEmpty",
         "QFoo:bar",
         "X100000,0:",
-        // Binary reads (`x`, GDB 16): unsupported, or an error for a range that cannot be.
+        // Binary reads (`x`, LLDB's format here: no binary-upload offered): a legitimate one,
+        // then ranges that cannot be read and malformed ones, which are errors.
         "x1000,10",
+        "xffffffffffffffff,ffffffffffffffff",
+        "x0000dead00000000,10",
+        "x1000",
+        "x1000,zz",
+        "x-1,1",
+        // A length beyond any request: the first 64 KiB, the client asks again for the rest
+        // (tests/binary_read.rs checks the size).
         "x0,ffffffffffffffff",
     ];
     for junk in &batch {
@@ -303,6 +311,11 @@ fn hostile_packets_answered_and_memory_unchanged() {
         match (&reply, *junk) {
             // Real-thread selections are fine.
             (Reply::Packet(p), "Hg0") => assert_eq!(p, "OK"),
+            // 16 bytes of the guest's (zeroed) low memory, unescaped: no prefix, no error.
+            (Reply::Packet(p), "x1000,10") => assert_eq!(p.as_bytes(), [0; 16], "{junk}"),
+            (Reply::Packet(p), "x0,ffffffffffffffff") => {
+                assert!(!p.is_empty() && !is_error(p), "{junk}: {} bytes", p.len())
+            }
             (Reply::Packet(p), "X100000,0:") => assert!(p == "OK" || p.is_empty() || is_error(p)),
             (
                 Reply::Packet(p),

@@ -41,7 +41,7 @@ const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Where the input is in RSP framing, as gdbstub reads it: between packets, or in one (its
 /// body, or the checksum digits after `#`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-enum Framing {
+pub(super) enum Framing {
     #[default]
     Between,
     Body,
@@ -50,7 +50,7 @@ enum Framing {
 }
 
 impl Framing {
-    fn next(self, b: u8) -> Framing {
+    pub(super) fn next(self, b: u8) -> Framing {
         match (self, b) {
             (Framing::Between, b'$') => Framing::Body,
             (Framing::Body, b'#') => Framing::Checksum1,
@@ -392,16 +392,7 @@ impl PacketGuard {
 /// For an `Hg`/`Hc` packet body that names a thread other than 1..=`threads`, says which.
 /// Thread 0 ("any") and -1 ("all") are fine, and malformed ids are gdbstub's to refuse.
 pub fn unknown_thread(body: &[u8], threads: usize) -> Option<String> {
-    let op = *body.get(1)?;
-    if body.first() != Some(&b'H') || !matches!(op, b'g' | b'c') {
-        return None;
-    }
-    let id = std::str::from_utf8(&body[2..]).ok()?;
-    // The multiprocess form p<pid>.<tid>: the process is gdbstub's business.
-    let tid = match id.strip_prefix('p') {
-        Some(pid_tid) => pid_tid.split_once('.')?.1,
-        None => id,
-    };
+    let (op, tid) = h_packet_thread(body)?;
     if tid == "-1" {
         return None;
     }
@@ -412,6 +403,21 @@ pub fn unknown_thread(body: &[u8], threads: usize) -> Option<String> {
             op as char
         )
     })
+}
+
+/// For an `Hg`/`Hc` packet body: the operation (`g` or `c`) and the thread id as sent (the
+/// thread part of the multiprocess form `p<pid>.<tid>`; the process is gdbstub's business).
+pub(super) fn h_packet_thread(body: &[u8]) -> Option<(u8, &str)> {
+    let op = *body.get(1)?;
+    if body.first() != Some(&b'H') || !matches!(op, b'g' | b'c') {
+        return None;
+    }
+    let id = std::str::from_utf8(&body[2..]).ok()?;
+    let tid = match id.strip_prefix('p') {
+        Some(pid_tid) => pid_tid.split_once('.')?.1,
+        None => id,
+    };
+    Some((op, tid))
 }
 
 /// For an `M`/`X` packet body whose data length differs from its length field, says how.

@@ -1,11 +1,14 @@
 //! Memory access (`m`, `x`, `M`, `X`): reads straight from guest RAM through the stopped
 //! vCPU's page tables, writes through the vCPU thread so they follow its earlier requests.
+//! gdbstub serves `m`, `M` and `X`; `x` comes through `binary_read`.
 
 use gdbstub::common::Tid;
 use gdbstub::target::{TargetError, TargetResult};
 
 use super::MAX_READ_PER_REQUEST;
+use super::binary_read::XTarget;
 use super::target::GdbTarget;
+use super::threads::tid_of;
 use crate::arch::debug as archdebug;
 use crate::vm_control::VcpuDebug;
 
@@ -79,5 +82,24 @@ impl GdbTarget {
             cpu,
             VcpuDebug::WriteMem(addr, data.to_vec(), self.address_space),
         )
+    }
+}
+
+/// `x` reads what `m` reads, through the vCPU gdbstub would use: the one GDB addressed last
+/// (`Hg`, a register or memory access) or the one that stopped last, as for `m`.
+impl XTarget for GdbTarget {
+    fn read_for_x(&mut self, addr: u64, len: usize) -> Option<Vec<u8>> {
+        let mut data = vec![0; len];
+        let n = self
+            .read_memory(addr, &mut data, tid_of(self.current_cpu))
+            .ok()?;
+        data.truncate(n);
+        Some(data)
+    }
+
+    fn select_thread(&mut self, tid: usize) {
+        if let Some(cpu) = tid.checked_sub(1).filter(|&c| c < self.vcpu_count()) {
+            self.current_cpu = cpu;
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! that vCPU's channel (answers come back as `VcpuDebugStatusMessage`s), and suspends or
 //! resumes the whole VM through `VmRequest`s to the VMM's control loop.
 
+mod binary_read;
 mod breakpoints;
 mod conn;
 mod memory;
@@ -16,6 +17,7 @@ mod vcpu_link;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 
+use binary_read::BinaryReadConn;
 use conn::{BufferedConn, MemConn, SessionConn};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::thread::{self, JoinHandle};
 
+use gdbstub::conn::Connection as _;
 use gdbstub::stub::state_machine::{self, GdbStubStateMachine, GdbStubStateMachineInner};
 use gdbstub::stub::{DisconnectReason, GdbStubBuilder, MultiThreadStopReason};
 use log::{info, warn};
@@ -261,11 +264,13 @@ pub enum SessionError {
 
 /// Runs one connection to its end. This is gdbstub's blocking loop, with a wait that watches
 /// the socket and the vCPUs' stop notifications together (poll(2); the only timeout is for
-/// a packet that stalls halfway, see `conn::STALL_TIMEOUT`).
+/// a packet that stalls halfway, see `conn::STALL_TIMEOUT`), and binary memory reads (`x`)
+/// answered beside gdbstub while the VM is stopped (see `binary_read`).
 fn run_session<C: SessionConn>(
     target: &mut GdbTarget,
-    mut conn: C,
+    conn: C,
 ) -> Result<DisconnectReason, SessionError> {
+    let mut conn = BinaryReadConn::new(conn, MAX_READ_PER_REQUEST);
     // gdbstub leaves this call to its user: socket options (no Nagle, write timeout).
     conn.on_session_start()?;
     target.attach()?;
@@ -280,7 +285,7 @@ fn run_session<C: SessionConn>(
     loop {
         machine = match machine {
             GdbStubStateMachine::Idle(mut gdb) => {
-                let byte = gdb.borrow_conn().read()?;
+                let byte = gdb.borrow_conn().read_serving(target)?;
                 gdb.incoming_data(target, byte)?
             }
             GdbStubStateMachine::Disconnected(gdb) => return Ok(gdb.get_reason()),

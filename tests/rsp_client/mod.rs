@@ -50,7 +50,12 @@ impl Rsp {
 
     /// `qSupported` as GDB sends it (multiprocess thread ids), then no-ack mode if `no_ack`.
     pub fn handshake(&mut self, no_ack: bool) -> String {
-        let sup = self.ask("qSupported:multiprocess+;swbreak+;hwbreak+;vContSupported+");
+        self.handshake_with("multiprocess+;swbreak+;hwbreak+;vContSupported+", no_ack)
+    }
+
+    /// `qSupported:<features>`, then no-ack mode if `no_ack`; returns the stub's features.
+    pub fn handshake_with(&mut self, features: &str, no_ack: bool) -> String {
+        let sup = self.ask(&format!("qSupported:{features}"));
         if no_ack {
             assert_eq!(self.ask("QStartNoAckMode"), "OK");
             self.ack = false;
@@ -84,6 +89,13 @@ impl Rsp {
     /// Reads the next packet (acks skipped, run-length encoding expanded); `None` if the
     /// stub closed the connection. `what` names the request, for the panic on timeout.
     pub fn recv(&mut self, what: &str) -> Option<String> {
+        self.recv_bytes(what)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+
+    /// [`Rsp::recv`] for binary replies: the body's bytes, run-length encoding expanded
+    /// (escapes are the caller's: what they mean depends on the packet).
+    pub fn recv_bytes(&mut self, what: &str) -> Option<Vec<u8>> {
         loop {
             match self.byte(what)? {
                 b'$' => break,
@@ -106,6 +118,32 @@ impl Rsp {
             self.out.write_all(b"+").expect("sending an ack");
         }
         Some(rle_decode(&body))
+    }
+
+    /// Sends a packet and returns its reply as bytes (see [`Rsp::recv_bytes`]).
+    #[track_caller]
+    pub fn ask_bytes(&mut self, data: &str) -> Vec<u8> {
+        self.send(data);
+        self.recv_bytes(data)
+            .unwrap_or_else(|| panic!("the stub closed the connection on {data:?}"))
+    }
+
+    /// Sends a packet with binary data after `head` (`X` packets), escaped.
+    pub fn send_binary(&mut self, head: &str, data: &[u8]) {
+        let mut body = head.as_bytes().to_vec();
+        for &b in data {
+            if matches!(b, b'#' | b'$' | b'}' | b'*') {
+                body.extend([b'}', b ^ 0x20]);
+            } else {
+                body.push(b);
+            }
+        }
+        let mut framed = vec![b'$'];
+        framed.extend(&body);
+        framed.extend(format!("#{:02x}", checksum(&body)).as_bytes());
+        self.out
+            .write_all(&framed)
+            .unwrap_or_else(|e| panic!("sending {head:?}: {e}"));
     }
 
     /// Sends a packet and returns its reply; panics if the connection drops.
@@ -185,8 +223,22 @@ fn le_hex(hex: &str) -> u64 {
     bytes.iter().rev().fold(0, |v, &b| (v << 8) | u64::from(b))
 }
 
+/// Undoes the escapes of binary data (`}` then the byte XOR 0x20).
+pub fn unescape(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len());
+    let mut it = data.iter();
+    while let Some(&c) = it.next() {
+        if c == b'}' {
+            out.push(it.next().expect("escape at the end of the data") ^ 0x20);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Expands run-length encoding (`X*n`: n - 29 more copies of X).
-fn rle_decode(body: &[u8]) -> String {
+fn rle_decode(body: &[u8]) -> Vec<u8> {
     let mut out: Vec<u8> = Vec::with_capacity(body.len());
     let mut i = 0;
     while i < body.len() {
@@ -199,7 +251,7 @@ fn rle_decode(body: &[u8]) -> String {
             i += 1;
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 /// A stop reply.
@@ -299,5 +351,6 @@ fn stop_replies_parse() {
         }
     );
     assert_eq!(Stop::parse("E01"), Stop::Other("E01".into()));
-    assert_eq!(rle_decode(b"0* "), "0000");
+    assert_eq!(rle_decode(b"0* "), b"0000");
+    assert_eq!(unescape(b"a}\x03}]"), b"a#}");
 }
