@@ -17,7 +17,7 @@
 use std::io;
 
 use gdbstub::conn::{Connection, ConnectionExt};
-use log::{debug, info, warn};
+use log::{debug, warn};
 use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -334,7 +334,7 @@ impl<C: SessionConn> BinaryReadConn<C> {
             Ok(req) => {
                 if !self.used {
                     self.used = true;
-                    info!(
+                    debug!(
                         "the debugger reads memory in binary (x packets, {})",
                         match self.dialect {
                             Dialect::Lldb => "LLDB's format",
