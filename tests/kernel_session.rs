@@ -293,3 +293,157 @@ fn the_kernel_gdb_workflow_works_with_kaslr_on() {
     out.expect("minivmm 0.");
     std::fs::remove_file(&initrd).unwrap();
 }
+
+/// LLDB's output for `cmds` (`lldb --batch`, one `-o` each) on `vmlinux`; `while_running`
+/// is called every 500 ms until LLDB ends (at most `SESSION`).
+fn lldb(
+    vmlinux: Option<&Path>,
+    cmds: &[String],
+    mut while_running: impl FnMut(),
+) -> Result<String, String> {
+    let out_path = std::env::temp_dir().join(format!(
+        "minivmm-lldb-{}-{}.txt",
+        std::process::id(),
+        cmds.len()
+    ));
+    let out_file = std::fs::File::create(&out_path).unwrap();
+    let mut c = Command::new("lldb");
+    c.arg("--batch");
+    if let Some(v) = vmlinux {
+        c.arg(v);
+    }
+    for cmd in cmds {
+        c.args(["-o", cmd]);
+    }
+    let mut child = c
+        .stdin(std::process::Stdio::null())
+        .stdout(out_file.try_clone().unwrap())
+        .stderr(out_file)
+        .spawn()
+        .expect("running lldb (Debian's lldb package)");
+    let deadline = Instant::now() + SESSION;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "lldb did not finish:\n{}",
+                std::fs::read_to_string(&out_path).unwrap_or_default()
+            ));
+        }
+        while_running();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let text = std::fs::read_to_string(&out_path).unwrap();
+    std::fs::remove_file(&out_path).unwrap();
+    Ok(text)
+}
+
+/// Item 5: LLDB on vmlinux against a running kernel, KASLR on (the slide from `monitor
+/// kaslr`, given to LLDB as `target modules load --slide`): registers with cr0/cr3/efer, a
+/// breakpoint by symbol, bt, every vCPU in `thread list`, memory read, si, `process kill`.
+#[test]
+fn lldb_debugs_the_running_kernel() {
+    let Some(kernel) = test_kernel("LLDB on the test kernel") else {
+        return;
+    };
+    let initrd = initramfs("lldb");
+    let mut attempt = 0;
+    let mut vmm = loop {
+        attempt += 1;
+        let mut vmm = start(
+            &kernel,
+            &[
+                "--cpus",
+                "2",
+                "--initrd",
+                initrd.to_str().unwrap(),
+                "--cmdline",
+                "console=ttyS0 minivmm.shell",
+                "--gdb-no-wait",
+            ],
+        );
+        let deadline = Instant::now() + SESSION;
+        while !vmm.serial().contains("/ # ") && vmm.try_status().is_none() {
+            assert!(Instant::now() < deadline, "no shell\n{}", vmm.describe());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if vmm.serial().contains("/ # ") {
+            break vmm;
+        }
+        assert!(
+            attempt == 1 && test_host_flake(&mut vmm),
+            "{}",
+            vmm.describe()
+        );
+        host::retrying_after_test_host_triple_fault("the test kernel's boot");
+    };
+    let remote = format!("gdb-remote {}", vmm.port);
+    let asked = lldb(
+        None,
+        &[
+            remote.clone(),
+            "process plugin packet monitor kaslr".into(),
+            "process detach".into(),
+        ],
+        || {},
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", vmm.describe()));
+    let slide = asked
+        .split_once("slide 0x")
+        .and_then(|(_, rest)| {
+            let hex: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .unwrap_or_else(|| panic!("monitor kaslr through LLDB\n{asked}"));
+
+    let vmlinux = kernel.join("vmlinux");
+    let mut typed = 0;
+    let text = lldb(
+        Some(&vmlinux),
+        &[
+            remote,
+            format!("target modules load --file vmlinux --slide {slide:#x}"),
+            "breakpoint set -n vfs_write".into(),
+            "continue".into(),
+            "bt".into(),
+            "thread list".into(),
+            "register read cr0 cr3 efer rip".into(),
+            "memory read -c 16 $rip".into(),
+            "si".into(),
+            "process kill".into(),
+        ],
+        // The shell's echo makes a write(2) once LLDB lets the kernel run.
+        || {
+            typed += 1;
+            if typed % 4 == 0 && vmm.try_status().is_none() {
+                vmm.send_input("echo hi\n");
+            }
+        },
+    );
+    let text = text.unwrap_or_else(|e| panic!("{e}\n{}", vmm.describe()));
+    let expect = |s: &str| assert!(text.contains(s), "LLDB output lacks {s:?}\n{text}");
+    expect("Breakpoint 1: where = vmlinux`vfs_write");
+    expect("stop reason = breakpoint 1.1");
+    expect("vmlinux`vfs_write");
+    expect("do_syscall_64");
+    expect("thread #2: tid = 0x0002");
+    expect("cr0 = 0x");
+    expect("efer = 0x0000000000000d01");
+    expect("stop reason = instruction step into");
+    expect("Process 1 exited with status = 9");
+    assert!(!text.contains("failed to send the k packet"), "{text}");
+    // Status 6: ended from the debugger.
+    assert_eq!(
+        vmm.wait_exit(Duration::from_secs(30)),
+        6,
+        "{}",
+        vmm.describe()
+    );
+    assert!(
+        vmm.log().contains("GDB killed the VM"),
+        "{}",
+        vmm.describe()
+    );
+    std::fs::remove_file(&initrd).unwrap();
+}

@@ -232,6 +232,10 @@ pub trait XTarget {
     fn read_for_x(&mut self, addr: u64, len: usize) -> Option<Vec<u8>>;
     /// GDB selected thread `tid` for memory accesses (`Hg`), as gdbstub has just been told.
     fn select_thread(&mut self, tid: usize);
+    /// A packet starts; `legacy_continue`: it is a legacy `c`/`C` (LLDB sends them, after
+    /// `Hc-1`), which gdbserver answers by continuing every thread, while gdbstub continues
+    /// only the thread of the last stop. Said before gdbstub sees the packet's first byte.
+    fn packet_starts(&mut self, legacy_continue: bool);
 }
 
 /// Collects one outgoing packet (gdbstub's qSupported reply) to add `binary-upload+` to it.
@@ -255,6 +259,7 @@ pub struct BinaryReadConn<C> {
     no_ack: bool,
     /// An `Hg` gdbstub has been given, for the target to hear of before the next packet.
     selected: Option<usize>,
+
     /// Armed after a qSupported offering `binary-upload+`: gdbstub's reply to it.
     reply: Option<OutPacket>,
     /// The longest read one `x` is answered with (the client asks again for the rest).
@@ -285,6 +290,7 @@ impl<C: SessionConn> BinaryReadConn<C> {
             if let Some(tid) = self.selected.take() {
                 target.select_thread(tid);
             }
+
             if let Some(b) = self.pending.take() {
                 return Ok(self.hand_over(b));
             }
@@ -295,6 +301,8 @@ impl<C: SessionConn> BinaryReadConn<C> {
                     self.serve_x(target)?;
                     continue;
                 }
+                // No other packet starts with c or C.
+                target.packet_starts(matches!(next, b'c' | b'C'));
                 self.pending = Some(next);
             }
             return Ok(self.hand_over(b));
@@ -672,6 +680,7 @@ mod tests {
     struct FakeMem {
         selected: Vec<usize>,
         reads: Vec<(u64, usize)>,
+        legacy_continues: Vec<bool>,
     }
 
     impl XTarget for FakeMem {
@@ -686,6 +695,9 @@ mod tests {
         }
         fn select_thread(&mut self, tid: usize) {
             self.selected.push(tid);
+        }
+        fn packet_starts(&mut self, legacy_continue: bool) {
+            self.legacy_continues.push(legacy_continue);
         }
     }
 
@@ -708,6 +720,18 @@ mod tests {
             }
         };
         (to_stub, sent, err)
+    }
+
+    #[test]
+    fn legacy_continues_are_told_before_gdbstub_sees_them() {
+        let mut input = packet(b"Hc-1");
+        input.extend(packet(b"c"));
+        input.extend(packet(b"vCont;c:2"));
+        input.extend(packet(b"C05"));
+        let mut mem = FakeMem::default();
+        let (to_stub, _, _) = run(&input, &mut mem);
+        assert_eq!(mem.legacy_continues, [false, true, false, true]);
+        assert_eq!(to_stub.len(), input.len(), "every byte reaches gdbstub");
     }
 
     #[test]

@@ -102,4 +102,8 @@ impl XTarget for GdbTarget {
             self.current_cpu = cpu;
         }
     }
+
+    fn packet_starts(&mut self, legacy_continue: bool) {
+        self.legacy_continue = legacy_continue;
+    }
 }

@@ -37,6 +37,9 @@ use crate::vm_control::{KernelMapWatch, VcpuControl, VcpuDebugStatusMessage, VmE
 
 pub use target::GdbTarget;
 
+/// The reply to `k`: the process exited with SIGKILL (`X09`), framed.
+const KILLED_REPLY: &[u8] = b"$X09#c1";
+
 /// Large packets make memory dumps fast: GDB sizes its `m` requests from this.
 const PACKET_BUFFER_SIZE: usize = 0x2_0000;
 /// The most one `m` request from a well-behaved GDB can ask for (hex doubles the size).
@@ -288,7 +291,16 @@ fn run_session<C: SessionConn>(
                 let byte = gdb.borrow_conn().read_serving(target)?;
                 gdb.incoming_data(target, byte)?
             }
-            GdbStubStateMachine::Disconnected(gdb) => return Ok(gdb.get_reason()),
+            GdbStubStateMachine::Disconnected(mut gdb) => {
+                let reason = gdb.get_reason();
+                if matches!(reason, DisconnectReason::Kill) {
+                    // LLDB waits for the exit reply to `k` ("failed to send the k packet"
+                    // otherwise); GDB expects none and ignores it.
+                    let conn = gdb.borrow_conn();
+                    let _ = conn.write_all(KILLED_REPLY).and_then(|()| conn.flush());
+                }
+                return Ok(reason);
+            }
             GdbStubStateMachine::CtrlCInterrupt(gdb) => {
                 let was_running = !target.vm_paused_for_gdb();
                 match target.interrupt() {

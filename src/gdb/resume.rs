@@ -38,6 +38,13 @@ impl GdbTarget {
 impl MultiThreadResume for GdbTarget {
     fn resume(&mut self) -> Result<(), Self::Error> {
         self.kernel_mapped_stop = None;
+        if std::mem::take(&mut self.legacy_continue) {
+            for action in &mut self.actions {
+                if *action == Action::Stay {
+                    *action = Action::Continue;
+                }
+            }
+        }
         Breakpoints::sync_to_vcpus(self).map_err(|_| GdbError::BreakpointSync)?;
         // A stop that arrived while GDB was busy, from a vCPU GDB now resumes, is reported
         // before anything runs again. One still on its way is caught by the vCPU itself: the

@@ -66,6 +66,9 @@ pub struct GdbTarget {
     pub(super) kernel_map_watch: Option<Arc<KernelMapWatch>>,
     /// The last stop was minivmm's, for the kernel mapping itself at this slide.
     pub(super) kernel_mapped_stop: Option<u64>,
+    /// The packet gdbstub is handling is a legacy `c`/`C`: every vCPU continues, as with
+    /// gdbserver (gdbstub would resume only the thread of the last stop).
+    pub(super) legacy_continue: bool,
     pub(super) vm_ended: bool,
 }
 
@@ -92,6 +95,7 @@ impl GdbTarget {
             caps: setup.caps,
             kernel_map_watch: setup.kernel_map_watch,
             kernel_mapped_stop: None,
+            legacy_continue: false,
             vm_ended: false,
         }
     }
