@@ -81,6 +81,8 @@ const PT_LOAD: u32 = 1;
 const PT_NOTE: u32 = 4;
 const PF_RWX: u32 = 7;
 const PAGE: u64 = 4096;
+/// Every program header's p_align (see encode_phdr).
+const P_ALIGN: u64 = 0;
 
 /// One program header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,7 +212,10 @@ fn encode_phdr(p: &Phdr) -> Vec<u8> {
     for x in [p.offset, p.vaddr, p.paddr, p.filesz, p.filesz] {
         v.extend_from_slice(&x.to_le_bytes());
     }
-    v.extend_from_slice(&(if p.kind == PT_LOAD { PAGE } else { 0 }).to_le_bytes());
+    // p_align 0, as kexec-tools' and QEMU's cores have it: crash takes an ELF core whose
+    // first PT_LOAD is page-aligned with a nonzero p_align for the old netdump format, and
+    // crash 8.0.2 then dereferences a null pointer on the QEMU notes (a segfault at start).
+    v.extend_from_slice(&P_ALIGN.to_le_bytes());
     v
 }
 
@@ -467,6 +472,12 @@ mod tests {
         let ram_at = u64::from_le_bytes(bytes[64 + 56 + 8..64 + 56 + 16].try_into().unwrap());
         assert_eq!(&bytes[ram_at as usize + 0x5000..][..10], b"hello core");
         assert_eq!(bytes.len() as u64, ram_at + (1 << 20));
+        // crash tells kdump-style ELF cores (which it reads with QEMU notes) from the old
+        // netdump format by the first PT_LOAD: page-aligned offset and nonzero p_align is
+        // netdump. The offset is page-aligned here, so p_align must be 0.
+        assert_eq!(ram_at % PAGE, 0);
+        let p_align = u64::from_le_bytes(bytes[64 + 56 + 48..64 + 56 + 56].try_into().unwrap());
+        assert_eq!(p_align, 0, "the first PT_LOAD's p_align");
         assert!(!dir.join("vm.core.partial").exists());
         // The first NT_PRSTATUS is vCPU 1's (pid 2): it died first.
         let notes_at = u64::from_le_bytes(bytes[64 + 8..64 + 16].try_into().unwrap()) as usize;
