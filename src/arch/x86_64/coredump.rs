@@ -314,6 +314,7 @@ pub fn find_vmcoreinfo(mem: &GuestMem) -> Option<Vec<u8>> {
     const NAME: &[u8] = b"VMCOREINFO\0\0";
     const MAX_DESC: usize = 4096;
     const CHUNK: usize = 1 << 22;
+    const PAGE: usize = 4096;
     // Each chunk is read with enough beyond it for a note that starts at its very end.
     const OVERLAP: usize = 12 + 12 + MAX_DESC;
     let magic = u32::from_le_bytes([b'V', b'M', b'C', b'O']);
@@ -331,8 +332,17 @@ pub fn find_vmcoreinfo(mem: &GuestMem) -> Option<Vec<u8>> {
                 break;
             }
             let hay = &buf[..n];
-            // Name positions whose 12-byte header starts inside this chunk.
-            for name_at in (12..n.min(CHUNK + 12).saturating_sub(3)).step_by(4) {
+            // Name positions whose 12-byte header starts inside this chunk, page by page;
+            // a page of zeros holds no name (most of an idle guest's RAM: skipping those
+            // pages made the search several times faster).
+            let names_end = n.min(CHUNK + 12).saturating_sub(3);
+            let candidates = (12..names_end).step_by(PAGE).flat_map(|page_at| {
+                let page_end = (page_at + PAGE).min(names_end);
+                let page = &hay[page_at - 12..page_end];
+                let zero = crate::coredump::is_zero(page);
+                (page_at..if zero { page_at } else { page_end }).step_by(4)
+            });
+            for name_at in candidates {
                 let word = u32::from_le_bytes([
                     hay[name_at],
                     hay[name_at + 1],
@@ -457,6 +467,15 @@ mod tests {
         note.extend_from_slice(text);
         mem.write_slice(&note, GuestAddress(0x8_1000)).unwrap();
         assert_eq!(find_vmcoreinfo(&mem).as_deref(), Some(&text[..]));
+        // The header at the end of a page, the name at the start of the next (pages of
+        // zeros are skipped: only the name's page must be looked at).
+        mem.write_slice(&[0u8; 128], GuestAddress(0x8_1000))
+            .unwrap();
+        mem.write_slice(&note, GuestAddress(0x8_0ff4)).unwrap();
+        assert_eq!(find_vmcoreinfo(&mem).as_deref(), Some(&text[..]));
+        mem.write_slice(&[0u8; 128], GuestAddress(0x8_0ff4))
+            .unwrap();
+        mem.write_slice(&note, GuestAddress(0x8_1000)).unwrap();
         // At the very end of a 4 MiB chunk, and misaligned (not a note): found, not found.
         mem.write_slice(&[0u8; 128], GuestAddress(0x8_1000))
             .unwrap();
