@@ -19,8 +19,8 @@ use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::arch::coredump::{
-    CpuSnapshot, KernelMappings, NT_PRSTATUS, NT_QEMU, find_vmcoreinfo, kernel_mappings, prstatus,
-    qemu_cpu_state,
+    CpuSnapshot, KernelMappings, NT_PRSTATUS, NT_QEMU, VMCOREINFO_MAX, find_vmcoreinfo_in,
+    kernel_mappings, prstatus, qemu_cpu_state,
 };
 use crate::memory::GuestMem;
 
@@ -318,47 +318,46 @@ impl CoreFile {
             .iter()
             .map(|&i| (prstatus(&cpus[i], i as u32 + 1), qemu_cpu_state(&cpus[i])))
             .collect();
-        let vmcoreinfo = find_vmcoreinfo(mem);
-        let mut notes: Vec<Note> = Vec::new();
-        for (pr, _) in &statuses {
-            notes.push(Note {
-                name: "CORE",
-                kind: NT_PRSTATUS,
-                desc: pr,
-            });
-        }
-        for (_, q) in &statuses {
-            notes.push(Note {
-                name: "QEMU",
-                kind: NT_QEMU,
-                desc: q,
-            });
-        }
-        if let Some(info) = &vmcoreinfo {
-            notes.push(Note {
-                name: "VMCOREINFO",
-                kind: 0,
-                desc: info,
-            });
-        }
-        let notes = encode_notes(&notes);
-        let phdrs = layout(&regions, notes.len() as u64, &maps);
+        // The notes go first, but the VMCOREINFO is found while RAM is written (one pass
+        // over RAM): RAM starts after room for the longest VMCOREINFO note, and the notes
+        // are written last.
+        let encode = |vmcoreinfo: Option<&[u8]>| {
+            let mut notes: Vec<Note> = Vec::new();
+            for (pr, _) in &statuses {
+                notes.push(Note {
+                    name: "CORE",
+                    kind: NT_PRSTATUS,
+                    desc: pr,
+                });
+            }
+            for (_, q) in &statuses {
+                notes.push(Note {
+                    name: "QEMU",
+                    kind: NT_QEMU,
+                    desc: q,
+                });
+            }
+            if let Some(info) = vmcoreinfo {
+                notes.push(Note {
+                    name: "VMCOREINFO",
+                    kind: 0,
+                    desc: info,
+                });
+            }
+            encode_notes(&notes)
+        };
+        let room = encode(Some(&[0u8; VMCOREINFO_MAX])).len() as u64;
+        let mut phdrs = layout(&regions, room, &maps);
         let phnum =
             u16::try_from(phdrs.len()).map_err(|_| io::Error::other("too many program headers"))?;
-
-        let mut head = elf_header(phnum);
-        for p in &phdrs {
-            head.extend_from_slice(&encode_phdr(p));
-        }
-        head.extend_from_slice(&notes);
         self.file.set_len(0)?;
-        self.file.write_all_at(&head, 0)?;
 
         // RAM, region by region at the offsets the PT_LOADs give; zero pages stay holes.
         let mut buf = vec![0u8; 1 << 20];
-        let mut end = head.len() as u64;
+        let mut end = 0u64;
         let total: u64 = regions.iter().map(|&(_, l)| l).sum();
         let mut written = 0u64;
+        let mut vmcoreinfo: Option<Vec<u8>> = None;
         let mut last_report = std::time::Instant::now();
         for (p, &(start, len)) in phdrs[1..].iter().zip(&regions) {
             let mut done = 0u64;
@@ -366,6 +365,9 @@ impl CoreFile {
                 let n = (len - done).min(buf.len() as u64) as usize;
                 mem.read_slice(&mut buf[..n], GuestAddress(start + done))
                     .map_err(|e| io::Error::other(format!("reading guest RAM: {e}")))?;
+                if vmcoreinfo.is_none() {
+                    vmcoreinfo = find_vmcoreinfo_in(mem, &buf[..n], start + done);
+                }
                 // One write per run of non-zero pages: a page per system call made a full
                 // guest's core several times slower.
                 for (from, to) in nonzero_runs(&buf[..n]) {
@@ -381,6 +383,16 @@ impl CoreFile {
             }
             end = end.max(p.offset + len);
         }
+
+        let notes = encode(vmcoreinfo.as_deref());
+        phdrs[0].filesz = notes.len() as u64;
+        let mut head = elf_header(phnum);
+        for p in &phdrs {
+            head.extend_from_slice(&encode_phdr(p));
+        }
+        head.extend_from_slice(&notes);
+        self.file.write_all_at(&head, 0)?;
+        end = end.max(head.len() as u64);
         self.file.set_len(end)?;
         self.file.sync_all()?;
         std::fs::rename(&self.partial, &self.path)?;
@@ -496,10 +508,20 @@ mod tests {
             vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         mem.write_slice(b"hello core", GuestAddress(0x5000))
             .unwrap();
+        // A VMCOREINFO note in RAM (found while RAM is written) ends up among the notes.
+        let info = b"OSRELEASE=6.1.0\nKERNELOFFSET=1a000000\n";
+        let mut note = Vec::new();
+        for v in [11u32, info.len() as u32, 0] {
+            note.extend_from_slice(&v.to_le_bytes());
+        }
+        note.extend_from_slice(b"VMCOREINFO\0\0");
+        note.extend_from_slice(info);
+        mem.write_slice(&note, GuestAddress(0x8_0ff4)).unwrap();
         let core = CoreFile::create(&path).unwrap();
         let cpus = [CpuSnapshot::default(), CpuSnapshot::default()];
         let s = core.write(&mem, &cpus, 1).unwrap();
         assert_eq!(s.cpus, 2);
+        assert!(s.vmcoreinfo);
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(&bytes[0..4], b"\x7fELF");
         assert_eq!(u16::from_le_bytes([bytes[16], bytes[17]]), 4, "ET_CORE");
@@ -515,6 +537,13 @@ mod tests {
         assert!(!dir.join("vm.core.partial").exists());
         // The first NT_PRSTATUS is vCPU 1's (pid 2): it died first.
         let notes_at = u64::from_le_bytes(bytes[64 + 8..64 + 16].try_into().unwrap()) as usize;
+        let notes_len = u64::from_le_bytes(bytes[64 + 32..64 + 40].try_into().unwrap()) as usize;
+        assert!(notes_at + notes_len <= ram_at as usize);
+        let notes = &bytes[notes_at..notes_at + notes_len];
+        // The last note: its name, the text, padding to four bytes.
+        let tail = &notes[notes_len - info.len().div_ceil(4) * 4 - 12..];
+        assert_eq!(&tail[..12], b"VMCOREINFO\0\0");
+        assert_eq!(&tail[12..12 + info.len()], info);
         assert_eq!(&bytes[notes_at + 12..notes_at + 17], b"CORE\0");
         assert_eq!(
             u32::from_le_bytes(
