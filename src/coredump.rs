@@ -186,6 +186,62 @@ pub(crate) fn is_zero(page: &[u8]) -> bool {
     words.all(|w| w == [0u8; 8]) && words.remainder().iter().all(|&b| b == 0)
 }
 
+/// Pages of guest RAM that minivmm's process never touched, told by /proc/self/pagemap: in
+/// a private anonymous mapping (how minivmm allocates guest RAM) a page that is neither
+/// present nor swapped out reads as zeros, so the core need not read it (reading it would
+/// fault in the zero page: most of an idle guest's core time).
+struct Untouched {
+    pagemap: File,
+}
+
+const PAGEMAP_PRESENT: u64 = 1 << 63;
+const PAGEMAP_SWAPPED: u64 = 1 << 62;
+
+impl Untouched {
+    /// None where pagemap cannot be read (then every page is read).
+    fn open() -> Option<Untouched> {
+        File::open("/proc/self/pagemap")
+            .ok()
+            .map(|pagemap| Untouched { pagemap })
+    }
+
+    /// Whether the mapping holding host address `hva` is private and anonymous (its line in
+    /// /proc/self/maps: "start-end perms offset dev inode [path]", inode 0, no file path).
+    fn private_anonymous(hva: u64) -> bool {
+        let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+            return false;
+        };
+        maps.lines().any(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let Some((lo, hi)) = f.first().and_then(|r| r.split_once('-')) else {
+                return false;
+            };
+            let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16))
+            else {
+                return false;
+            };
+            (lo..hi).contains(&hva)
+                && f.get(1).is_some_and(|p| p.ends_with('p'))
+                && f.get(4) == Some(&"0")
+                && f.len() == 5
+        })
+    }
+
+    /// For `n` pages from page-aligned host address `hva`: true for each never touched.
+    fn pages(&self, hva: u64, n: usize) -> Option<Vec<bool>> {
+        let mut raw = vec![0u8; n * 8];
+        self.pagemap.read_exact_at(&mut raw, hva / PAGE * 8).ok()?;
+        Some(
+            raw.chunks_exact(8)
+                .map(|e| {
+                    let v = u64::from_le_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]);
+                    v & (PAGEMAP_PRESENT | PAGEMAP_SWAPPED) == 0
+                })
+                .collect(),
+        )
+    }
+}
+
 /// The byte ranges of `buf` made of whole runs of pages that are not all zeros.
 fn nonzero_runs(buf: &[u8]) -> Vec<(usize, usize)> {
     let mut runs: Vec<(usize, usize)> = Vec::new();
@@ -359,12 +415,46 @@ impl CoreFile {
         let mut written = 0u64;
         let mut vmcoreinfo: Option<Vec<u8>> = None;
         let mut last_report = std::time::Instant::now();
+        let untouched = Untouched::open();
         for (p, &(start, len)) in phdrs[1..].iter().zip(&regions) {
+            // Only guest RAM in a private anonymous mapping may be skipped by pagemap.
+            let hva = mem
+                .get_host_address(GuestAddress(start))
+                .map(|h| h as u64)
+                .ok()
+                .filter(|&h| h % PAGE == 0 && Untouched::private_anonymous(h));
             let mut done = 0u64;
             while done < len {
                 let n = (len - done).min(buf.len() as u64) as usize;
-                mem.read_slice(&mut buf[..n], GuestAddress(start + done))
-                    .map_err(|e| io::Error::other(format!("reading guest RAM: {e}")))?;
+                let skip = untouched
+                    .as_ref()
+                    .zip(hva)
+                    .and_then(|(u, h)| u.pages(h + done, n.div_ceil(PAGE as usize)));
+                match &skip {
+                    // Runs of never-touched pages are zeros, as buf is for them; the runs
+                    // in between are read.
+                    Some(never) => {
+                        let mut i = 0;
+                        while i < never.len() {
+                            let run = never[i..].iter().take_while(|&&x| x == never[i]).count();
+                            let from = i * PAGE as usize;
+                            let to = n.min((i + run) * PAGE as usize);
+                            if never[i] {
+                                buf[from..to].fill(0);
+                            } else {
+                                mem.read_slice(
+                                    &mut buf[from..to],
+                                    GuestAddress(start + done + from as u64),
+                                )
+                                .map_err(|e| io::Error::other(format!("reading guest RAM: {e}")))?;
+                            }
+                            i += run;
+                        }
+                    }
+                    None => mem
+                        .read_slice(&mut buf[..n], GuestAddress(start + done))
+                        .map_err(|e| io::Error::other(format!("reading guest RAM: {e}")))?,
+                }
                 if vmcoreinfo.is_none() {
                     vmcoreinfo = find_vmcoreinfo_in(mem, &buf[..n], start + done);
                 }
@@ -416,6 +506,20 @@ impl CoreFile {
 mod tests {
     use super::*;
     use crate::arch::coredump::KernelMapping;
+
+    #[test]
+    fn pagemap_tells_untouched_guest_ram() {
+        let mem: GuestMem =
+            vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        mem.write_slice(&[1u8], GuestAddress(3 * PAGE + 5)).unwrap();
+        let hva = mem.get_host_address(GuestAddress(0)).unwrap() as u64;
+        assert!(Untouched::private_anonymous(hva), "vm-memory's RAM mapping");
+        assert!(!Untouched::private_anonymous(0), "no mapping at 0");
+        let never = Untouched::open().unwrap().pages(hva, 256).unwrap();
+        assert_eq!(never.len(), 256);
+        assert!(!never[3], "the written page was touched");
+        assert!(never[10] && never[255], "the others were not");
+    }
 
     #[test]
     fn nonzero_pages_are_written_in_runs() {

@@ -77,6 +77,21 @@ def on_disk(path: Path) -> int:
 
 # --- minivmm: GDB remote protocol, just enough for qRcmd ---
 
+def rle_decode(body: str) -> str:
+    """Undoes the protocol's run-length encoding: `X*c` is X repeated ord(c) - 29 more times
+    (a stub may send "3333" as "3* ")."""
+    out = []
+    i = 0
+    while i < len(body):
+        if body[i] == "*" and out and i + 1 < len(body):
+            out.append(out[-1] * (ord(body[i + 1]) - 29))
+            i += 2
+        else:
+            out.append(body[i])
+            i += 1
+    return "".join(out)
+
+
 class Rsp:
     def __init__(self, port: int, timeout: float = 30):
         end = time.monotonic() + timeout
@@ -110,7 +125,7 @@ class Rsp:
             body = self.buf[start + 1:hash_at]
             self.buf = self.buf[hash_at + 3:]
             self.s.sendall(b"+")
-            return body.decode(errors="replace")
+            return rle_decode(body.decode(errors="replace"))
 
     def command(self, payload: str) -> str:
         self.send(payload)
