@@ -7,8 +7,9 @@
 //!
 //! The file is written under a temporary name opened at start-up (so an unwritable path is
 //! refused before the guest runs) and renamed only once complete: a full disk never leaves
-//! a half file under the name asked for. RAM is streamed from guest memory (no copy), and
-//! pages of zeros are left as holes.
+//! a half file under the name asked for. RAM is streamed from guest memory (no copy of all
+//! of it), pages of zeros are left as holes, and pages the guest never touched are not even
+//! read (the host's page table says so).
 
 use std::fs::{File, OpenOptions};
 use std::io;
