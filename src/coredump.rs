@@ -7,8 +7,9 @@
 //!
 //! The file is written under a temporary name opened at start-up (so an unwritable path is
 //! refused before the guest runs) and renamed only once complete: a full disk never leaves
-//! a half file under the name asked for. RAM is streamed from guest memory (no copy), and
-//! pages of zeros are left as holes.
+//! a half file under the name asked for. RAM is streamed from guest memory (no copy of all
+//! of it), pages of zeros are left as holes, and pages the guest never touched are not even
+//! read (the host's page table says so).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -19,8 +20,8 @@ use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::arch::coredump::{
-    CpuSnapshot, KernelMappings, NT_PRSTATUS, NT_QEMU, find_vmcoreinfo, kernel_mappings, prstatus,
-    qemu_cpu_state,
+    CpuSnapshot, KernelMappings, NT_PRSTATUS, NT_QEMU, VMCOREINFO_MAX, find_vmcoreinfo_in,
+    kernel_mappings, prstatus, qemu_cpu_state,
 };
 use crate::memory::GuestMem;
 
@@ -81,6 +82,8 @@ const PT_LOAD: u32 = 1;
 const PT_NOTE: u32 = 4;
 const PF_RWX: u32 = 7;
 const PAGE: u64 = 4096;
+/// Every program header's p_align (see encode_phdr).
+const P_ALIGN: u64 = 0;
 
 /// One program header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,9 +182,81 @@ fn file_offset_in(regions: &[(u64, u64)], ram_at: u64, paddr: u64, len: u64) -> 
 }
 
 /// Whether a page is all zeros, eight bytes at a time.
-fn is_zero(page: &[u8]) -> bool {
+pub(crate) fn is_zero(page: &[u8]) -> bool {
     let mut words = page.chunks_exact(8);
     words.all(|w| w == [0u8; 8]) && words.remainder().iter().all(|&b| b == 0)
+}
+
+/// Pages of guest RAM that minivmm's process never touched, told by /proc/self/pagemap: in
+/// a private anonymous mapping (how minivmm allocates guest RAM) a page that is neither
+/// present nor swapped out reads as zeros, so the core need not read it (reading it would
+/// fault in the zero page: most of an idle guest's core time).
+struct Untouched {
+    pagemap: File,
+}
+
+const PAGEMAP_PRESENT: u64 = 1 << 63;
+const PAGEMAP_SWAPPED: u64 = 1 << 62;
+
+impl Untouched {
+    /// None where pagemap cannot be read (then every page is read).
+    fn open() -> Option<Untouched> {
+        File::open("/proc/self/pagemap")
+            .ok()
+            .map(|pagemap| Untouched { pagemap })
+    }
+
+    /// Whether the mapping holding host address `hva` is private and anonymous (its line in
+    /// /proc/self/maps: "start-end perms offset dev inode [path]", inode 0, no file path).
+    fn private_anonymous(hva: u64) -> bool {
+        let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+            return false;
+        };
+        maps.lines().any(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let Some((lo, hi)) = f.first().and_then(|r| r.split_once('-')) else {
+                return false;
+            };
+            let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16))
+            else {
+                return false;
+            };
+            (lo..hi).contains(&hva)
+                && f.get(1).is_some_and(|p| p.ends_with('p'))
+                && f.get(4) == Some(&"0")
+                && f.len() == 5
+        })
+    }
+
+    /// For `n` pages from page-aligned host address `hva`: true for each never touched.
+    fn pages(&self, hva: u64, n: usize) -> Option<Vec<bool>> {
+        let mut raw = vec![0u8; n * 8];
+        self.pagemap.read_exact_at(&mut raw, hva / PAGE * 8).ok()?;
+        Some(
+            raw.chunks_exact(8)
+                .map(|e| {
+                    let v = u64::from_le_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]);
+                    v & (PAGEMAP_PRESENT | PAGEMAP_SWAPPED) == 0
+                })
+                .collect(),
+        )
+    }
+}
+
+/// The byte ranges of `buf` made of whole runs of pages that are not all zeros.
+fn nonzero_runs(buf: &[u8]) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (i, page) in buf.chunks(PAGE as usize).enumerate() {
+        if is_zero(page) {
+            continue;
+        }
+        let (from, to) = (i * PAGE as usize, i * PAGE as usize + page.len());
+        match runs.last_mut() {
+            Some(last) if last.1 == from => last.1 = to,
+            _ => runs.push((from, to)),
+        }
+    }
+    runs
 }
 
 fn elf_header(phnum: u16) -> Vec<u8> {
@@ -210,7 +285,10 @@ fn encode_phdr(p: &Phdr) -> Vec<u8> {
     for x in [p.offset, p.vaddr, p.paddr, p.filesz, p.filesz] {
         v.extend_from_slice(&x.to_le_bytes());
     }
-    v.extend_from_slice(&(if p.kind == PT_LOAD { PAGE } else { 0 }).to_le_bytes());
+    // p_align 0, as kexec-tools' and QEMU's cores have it: crash takes an ELF core whose
+    // first PT_LOAD is page-aligned with a nonzero p_align for the old netdump format, and
+    // crash 8.0.2 then dereferences a null pointer on the QEMU notes (a segfault at start).
+    v.extend_from_slice(&P_ALIGN.to_le_bytes());
     v
 }
 
@@ -297,59 +375,95 @@ impl CoreFile {
             .iter()
             .map(|&i| (prstatus(&cpus[i], i as u32 + 1), qemu_cpu_state(&cpus[i])))
             .collect();
-        let vmcoreinfo = find_vmcoreinfo(mem);
-        let mut notes: Vec<Note> = Vec::new();
-        for (pr, _) in &statuses {
-            notes.push(Note {
-                name: "CORE",
-                kind: NT_PRSTATUS,
-                desc: pr,
-            });
-        }
-        for (_, q) in &statuses {
-            notes.push(Note {
-                name: "QEMU",
-                kind: NT_QEMU,
-                desc: q,
-            });
-        }
-        if let Some(info) = &vmcoreinfo {
-            notes.push(Note {
-                name: "VMCOREINFO",
-                kind: 0,
-                desc: info,
-            });
-        }
-        let notes = encode_notes(&notes);
-        let phdrs = layout(&regions, notes.len() as u64, &maps);
+        // The notes go first, but the VMCOREINFO is found while RAM is written (one pass
+        // over RAM): RAM starts after room for the longest VMCOREINFO note, and the notes
+        // are written last.
+        let encode = |vmcoreinfo: Option<&[u8]>| {
+            let mut notes: Vec<Note> = Vec::new();
+            for (pr, _) in &statuses {
+                notes.push(Note {
+                    name: "CORE",
+                    kind: NT_PRSTATUS,
+                    desc: pr,
+                });
+            }
+            for (_, q) in &statuses {
+                notes.push(Note {
+                    name: "QEMU",
+                    kind: NT_QEMU,
+                    desc: q,
+                });
+            }
+            if let Some(info) = vmcoreinfo {
+                notes.push(Note {
+                    name: "VMCOREINFO",
+                    kind: 0,
+                    desc: info,
+                });
+            }
+            encode_notes(&notes)
+        };
+        let room = encode(Some(&[0u8; VMCOREINFO_MAX])).len() as u64;
+        let mut phdrs = layout(&regions, room, &maps);
         let phnum =
             u16::try_from(phdrs.len()).map_err(|_| io::Error::other("too many program headers"))?;
-
-        let mut head = elf_header(phnum);
-        for p in &phdrs {
-            head.extend_from_slice(&encode_phdr(p));
-        }
-        head.extend_from_slice(&notes);
         self.file.set_len(0)?;
-        self.file.write_all_at(&head, 0)?;
 
         // RAM, region by region at the offsets the PT_LOADs give; zero pages stay holes.
         let mut buf = vec![0u8; 1 << 20];
-        let mut end = head.len() as u64;
+        let mut end = 0u64;
         let total: u64 = regions.iter().map(|&(_, l)| l).sum();
         let mut written = 0u64;
+        let mut vmcoreinfo: Option<Vec<u8>> = None;
         let mut last_report = std::time::Instant::now();
+        let untouched = Untouched::open();
         for (p, &(start, len)) in phdrs[1..].iter().zip(&regions) {
+            // Only guest RAM in a private anonymous mapping may be skipped by pagemap.
+            let hva = mem
+                .get_host_address(GuestAddress(start))
+                .map(|h| h as u64)
+                .ok()
+                .filter(|&h| h % PAGE == 0 && Untouched::private_anonymous(h));
             let mut done = 0u64;
             while done < len {
                 let n = (len - done).min(buf.len() as u64) as usize;
-                mem.read_slice(&mut buf[..n], GuestAddress(start + done))
-                    .map_err(|e| io::Error::other(format!("reading guest RAM: {e}")))?;
-                for (i, page) in buf[..n].chunks(PAGE as usize).enumerate() {
-                    if !is_zero(page) {
-                        self.file
-                            .write_all_at(page, p.offset + done + (i as u64) * PAGE)?;
+                let skip = untouched
+                    .as_ref()
+                    .zip(hva)
+                    .and_then(|(u, h)| u.pages(h + done, n.div_ceil(PAGE as usize)));
+                match &skip {
+                    // Runs of never-touched pages are zeros, as buf is for them; the runs
+                    // in between are read.
+                    Some(never) => {
+                        let mut i = 0;
+                        while i < never.len() {
+                            let run = never[i..].iter().take_while(|&&x| x == never[i]).count();
+                            let from = i * PAGE as usize;
+                            let to = n.min((i + run) * PAGE as usize);
+                            if never[i] {
+                                buf[from..to].fill(0);
+                            } else {
+                                mem.read_slice(
+                                    &mut buf[from..to],
+                                    GuestAddress(start + done + from as u64),
+                                )
+                                .map_err(|e| io::Error::other(format!("reading guest RAM: {e}")))?;
+                            }
+                            i += run;
+                        }
                     }
+                    None => mem
+                        .read_slice(&mut buf[..n], GuestAddress(start + done))
+                        .map_err(|e| io::Error::other(format!("reading guest RAM: {e}")))?,
+                }
+                if vmcoreinfo.is_none() {
+                    vmcoreinfo = find_vmcoreinfo_in(mem, &buf[..n], start + done);
+                }
+                // One write per run of non-zero pages: a page per system call made a full
+                // guest's core several times slower.
+                for (from, to) in nonzero_runs(&buf[..n]) {
+                    self.file
+                        .write_all_at(&buf[from..to], p.offset + done + from as u64)?;
                 }
                 done += n as u64;
                 written += n as u64;
@@ -360,6 +474,16 @@ impl CoreFile {
             }
             end = end.max(p.offset + len);
         }
+
+        let notes = encode(vmcoreinfo.as_deref());
+        phdrs[0].filesz = notes.len() as u64;
+        let mut head = elf_header(phnum);
+        for p in &phdrs {
+            head.extend_from_slice(&encode_phdr(p));
+        }
+        head.extend_from_slice(&notes);
+        self.file.write_all_at(&head, 0)?;
+        end = end.max(head.len() as u64);
         self.file.set_len(end)?;
         self.file.sync_all()?;
         std::fs::rename(&self.partial, &self.path)?;
@@ -383,6 +507,38 @@ impl CoreFile {
 mod tests {
     use super::*;
     use crate::arch::coredump::KernelMapping;
+
+    #[test]
+    fn pagemap_tells_untouched_guest_ram() {
+        let mem: GuestMem =
+            vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        mem.write_slice(&[1u8], GuestAddress(3 * PAGE + 5)).unwrap();
+        let hva = mem.get_host_address(GuestAddress(0)).unwrap() as u64;
+        assert!(Untouched::private_anonymous(hva), "vm-memory's RAM mapping");
+        assert!(!Untouched::private_anonymous(0), "no mapping at 0");
+        let never = Untouched::open().unwrap().pages(hva, 256).unwrap();
+        assert_eq!(never.len(), 256);
+        assert!(!never[3], "the written page was touched");
+        assert!(never[10] && never[255], "the others were not");
+    }
+
+    #[test]
+    fn nonzero_pages_are_written_in_runs() {
+        let mut buf = vec![0u8; 6 * PAGE as usize + 100];
+        for page in [1usize, 2, 4] {
+            buf[page * PAGE as usize + 7] = 1;
+        }
+        buf[6 * PAGE as usize + 99] = 1; // the short tail counts as a page
+        assert_eq!(
+            nonzero_runs(&buf),
+            vec![
+                (4096, 3 * 4096),
+                (4 * 4096, 5 * 4096),
+                (6 * 4096, 6 * 4096 + 100)
+            ]
+        );
+        assert!(nonzero_runs(&vec![0u8; 3 * PAGE as usize]).is_empty());
+    }
 
     #[test]
     fn notes_are_padded_to_four_bytes() {
@@ -457,19 +613,42 @@ mod tests {
             vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         mem.write_slice(b"hello core", GuestAddress(0x5000))
             .unwrap();
+        // A VMCOREINFO note in RAM (found while RAM is written) ends up among the notes.
+        let info = b"OSRELEASE=6.1.0\nKERNELOFFSET=1a000000\n";
+        let mut note = Vec::new();
+        for v in [11u32, info.len() as u32, 0] {
+            note.extend_from_slice(&v.to_le_bytes());
+        }
+        note.extend_from_slice(b"VMCOREINFO\0\0");
+        note.extend_from_slice(info);
+        mem.write_slice(&note, GuestAddress(0x8_0ff4)).unwrap();
         let core = CoreFile::create(&path).unwrap();
         let cpus = [CpuSnapshot::default(), CpuSnapshot::default()];
         let s = core.write(&mem, &cpus, 1).unwrap();
         assert_eq!(s.cpus, 2);
+        assert!(s.vmcoreinfo);
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(&bytes[0..4], b"\x7fELF");
         assert_eq!(u16::from_le_bytes([bytes[16], bytes[17]]), 4, "ET_CORE");
         let ram_at = u64::from_le_bytes(bytes[64 + 56 + 8..64 + 56 + 16].try_into().unwrap());
         assert_eq!(&bytes[ram_at as usize + 0x5000..][..10], b"hello core");
         assert_eq!(bytes.len() as u64, ram_at + (1 << 20));
+        // crash tells kdump-style ELF cores (which it reads with QEMU notes) from the old
+        // netdump format by the first PT_LOAD: page-aligned offset and nonzero p_align is
+        // netdump. The offset is page-aligned here, so p_align must be 0.
+        assert_eq!(ram_at % PAGE, 0);
+        let p_align = u64::from_le_bytes(bytes[64 + 56 + 48..64 + 56 + 56].try_into().unwrap());
+        assert_eq!(p_align, 0, "the first PT_LOAD's p_align");
         assert!(!dir.join("vm.core.partial").exists());
         // The first NT_PRSTATUS is vCPU 1's (pid 2): it died first.
         let notes_at = u64::from_le_bytes(bytes[64 + 8..64 + 16].try_into().unwrap()) as usize;
+        let notes_len = u64::from_le_bytes(bytes[64 + 32..64 + 40].try_into().unwrap()) as usize;
+        assert!(notes_at + notes_len <= ram_at as usize);
+        let notes = &bytes[notes_at..notes_at + notes_len];
+        // The last note: its name, the text, padding to four bytes.
+        let tail = &notes[notes_len - info.len().div_ceil(4) * 4 - 12..];
+        assert_eq!(&tail[..12], b"VMCOREINFO\0\0");
+        assert_eq!(&tail[12..12 + info.len()], info);
         assert_eq!(&bytes[notes_at + 12..notes_at + 17], b"CORE\0");
         assert_eq!(
             u32::from_le_bytes(

@@ -305,56 +305,54 @@ fn find_kernel_mappings(leaves: &[KernelMapping], ram_end: u64) -> KernelMapping
     KernelMappings { direct_map, image }
 }
 
+/// Longest VMCOREINFO text taken (Linux's note is one page).
+pub const VMCOREINFO_MAX: usize = 4096;
+
 /// The guest's VMCOREINFO note (what `crash` and `makedumpfile` read: the kernel's
 /// release, KASLR offset, symbol addresses), found as crash finds it in a raw dump: an ELF
 /// note named "VMCOREINFO" whose text starts with "OSRELEASE=". Linux allocates it at boot,
-/// anywhere in RAM, so all of RAM is searched (4-byte aligned, as notes are).
-pub fn find_vmcoreinfo(mem: &GuestMem) -> Option<Vec<u8>> {
-    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+/// anywhere in RAM, so all of RAM is searched (4-byte aligned, as notes are): here the
+/// note whose name starts in `chunk`, a copy of guest RAM
+/// from `gpa` (4-byte aligned, whole pages but perhaps the last); the note's header and
+/// text are read from `mem`, so they may lie outside the chunk. The core writer calls this
+/// on the chunks it writes: one pass over RAM.
+pub fn find_vmcoreinfo_in(mem: &GuestMem, chunk: &[u8], gpa: u64) -> Option<Vec<u8>> {
     const NAME: &[u8] = b"VMCOREINFO\0\0";
-    const MAX_DESC: usize = 4096;
-    const CHUNK: usize = 1 << 22;
-    // Each chunk is read with enough beyond it for a note that starts at its very end.
-    const OVERLAP: usize = 12 + 12 + MAX_DESC;
+    const PAGE: usize = 4096;
     let magic = u32::from_le_bytes([b'V', b'M', b'C', b'O']);
-    let mut buf = vec![0u8; CHUNK + OVERLAP];
-    for region in mem.iter() {
-        let (start, len) = (region.start_addr().0, region.len() as usize);
-        let mut off = 0usize;
-        while off < len {
-            let n = (CHUNK + OVERLAP).min(len - off);
-            let hay = &mut buf[..n];
-            if mem
-                .read_slice(hay, GuestAddress(start + off as u64))
-                .is_err()
+    // A page of zeros holds no name (most of an idle guest's RAM: skipping those pages
+    // made the search several times faster).
+    for (p, page) in chunk.chunks(PAGE).enumerate() {
+        if crate::coredump::is_zero(page) {
+            continue;
+        }
+        for (w, word) in page.chunks_exact(4).enumerate() {
+            if u32::from_le_bytes([word[0], word[1], word[2], word[3]]) != magic {
+                continue;
+            }
+            let name_at = gpa + (p * PAGE + w * 4) as u64;
+            let mut head = [0u8; 12 + 12];
+            if name_at < 12
+                || mem
+                    .read_slice(&mut head, GuestAddress(name_at - 12))
+                    .is_err()
+                || &head[12..] != NAME
             {
-                break;
+                continue;
             }
-            let hay = &buf[..n];
-            // Name positions whose 12-byte header starts inside this chunk.
-            for name_at in (12..n.min(CHUNK + 12).saturating_sub(3)).step_by(4) {
-                let word = u32::from_le_bytes([
-                    hay[name_at],
-                    hay[name_at + 1],
-                    hay[name_at + 2],
-                    hay[name_at + 3],
-                ]);
-                if word != magic || !hay[name_at..].starts_with(NAME) {
-                    continue;
-                }
-                let h = &hay[name_at - 12..name_at];
-                let namesz = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
-                let descsz = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
-                let desc_at = name_at + NAME.len();
-                if namesz == 11
-                    && descsz <= MAX_DESC
-                    && let Some(desc) = hay.get(desc_at..desc_at + descsz)
-                    && desc.starts_with(b"OSRELEASE=")
-                {
-                    return Some(desc.to_vec());
-                }
+            let namesz = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+            let descsz = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+            if namesz != 11 || descsz > VMCOREINFO_MAX {
+                continue;
             }
-            off += CHUNK;
+            let mut desc = vec![0u8; descsz];
+            if mem
+                .read_slice(&mut desc, GuestAddress(name_at + NAME.len() as u64))
+                .is_ok()
+                && desc.starts_with(b"OSRELEASE=")
+            {
+                return Some(desc);
+            }
         }
     }
     None
@@ -444,6 +442,29 @@ mod tests {
         assert_eq!(found, KernelMappings::default());
     }
 
+    /// All of RAM searched chunk by chunk, as the core writer does.
+    fn find_vmcoreinfo(mem: &GuestMem) -> Option<Vec<u8>> {
+        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+        const CHUNK: usize = 1 << 22;
+        let mut buf = vec![0u8; CHUNK];
+        for region in mem.iter() {
+            let (start, len) = (region.start_addr().0, region.len() as usize);
+            let mut off = 0usize;
+            while off < len {
+                let n = CHUNK.min(len - off);
+                let gpa = start + off as u64;
+                if mem.read_slice(&mut buf[..n], GuestAddress(gpa)).is_err() {
+                    break;
+                }
+                if let Some(found) = find_vmcoreinfo_in(mem, &buf[..n], gpa) {
+                    return Some(found);
+                }
+                off += CHUNK;
+            }
+        }
+        None
+    }
+
     #[test]
     fn vmcoreinfo_note_is_found_in_ram() {
         let mem: GuestMem =
@@ -457,6 +478,15 @@ mod tests {
         note.extend_from_slice(text);
         mem.write_slice(&note, GuestAddress(0x8_1000)).unwrap();
         assert_eq!(find_vmcoreinfo(&mem).as_deref(), Some(&text[..]));
+        // The header at the end of a page, the name at the start of the next (pages of
+        // zeros are skipped: only the name's page must be looked at).
+        mem.write_slice(&[0u8; 128], GuestAddress(0x8_1000))
+            .unwrap();
+        mem.write_slice(&note, GuestAddress(0x8_0ff4)).unwrap();
+        assert_eq!(find_vmcoreinfo(&mem).as_deref(), Some(&text[..]));
+        mem.write_slice(&[0u8; 128], GuestAddress(0x8_0ff4))
+            .unwrap();
+        mem.write_slice(&note, GuestAddress(0x8_1000)).unwrap();
         // At the very end of a 4 MiB chunk, and misaligned (not a note): found, not found.
         mem.write_slice(&[0u8; 128], GuestAddress(0x8_1000))
             .unwrap();
