@@ -1007,7 +1007,7 @@ def bench_memread(env: Env, res: Results):
                 stub = spawn([sys.executable, STANDIN_STUB, port, data_file, hex(MEMREAD_DATA), *flags],
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 try:
-                    if not wait_listening(port, stub, 10):
+                    if not wait_listening(port, stub, 60):
                         raise RuntimeError("the stand-in stub did not listen")
                     reads = memread_reads(env, "stub", zeros=False)
                     got = (memread_gdb if client == "GDB" else memread_lldb)(env, port, reads)
