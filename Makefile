@@ -37,7 +37,7 @@ hwkvm:
 # QEMU 7.2 never fires debug-register breakpoints.
 # Linux with 4 vCPUs on an L1 with 2 triple-faulted in 3 of 10 boots, with 4 in none of 6
 # (../shared/HOST-KVM.md): the Linux tests get an L1 with 4 CPUs.
-HWKVM_SUITE ?= boot core gdb gdb_hostile hardening host_caps kernel kernel_session=--test-threads=1 soak=--nocapture
+HWKVM_SUITE ?= boot core gdb gdb_hostile hardening host_caps kernel kernel_session=--test-threads=1 soak=--nocapture teardown
 hwkvm-test: hwkvm test-kernel
 	MINIVMM_TEST_KERNEL=$$(scripts/build-test-kernel.sh) scripts/hwkvm/test $(HWKVM_SUITE)
 	scripts/hwkvm/test --smp 4 'linux=--include-ignored --test-threads=1'

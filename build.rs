@@ -59,6 +59,7 @@ const GUESTS: &[Guest] = &[
     Guest { name: "triple-fault.elf", sources: &["triple-fault.S", LIB64], kind: Kind::Elf64 },
     Guest { name: "panic.elf", sources: &["panic.S", LIB64], kind: Kind::Elf64 },
     Guest { name: "spin.elf", sources: &["spin.S", LIB64], kind: Kind::Elf64 },
+    Guest { name: "memread.elf", sources: &["memread.S", LIB64], kind: Kind::Elf64 },
     Guest { name: "bad-insn.elf", sources: &["bad-insn.S", LIB64], kind: Kind::Elf64 },
     Guest { name: "int3.elf", sources: &["int3.S", LIB64], kind: Kind::Elf64 },
     Guest { name: "reset-pvh.elf", sources: &["reset-pvh.S", LIB32], kind: Kind::Pvh },

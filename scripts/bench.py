@@ -6,9 +6,12 @@
     scripts/bench.py ... --quick                # fewer runs (about a minute)
     scripts/bench.py ... --only startup,serial  # some benchmarks only
 
-Benchmarks (each several runs, medians; QEMU runs with -enable-kvm -M pc):
-  startup  whole-process wall time of reset-pvh.elf (resets at once): minivmm vs QEMU with
-           qboot and with its default SeaBIOS.                     goal: >= 10x faster than qboot
+Benchmarks (each several runs, medians; QEMU runs with -enable-kvm -M pc -nodefaults):
+  startup  whole-process wall time of reset-pvh.elf (resets at once), every variant once per
+           round, rounds interleaved: minivmm (default: the VM's teardown left to a keeper
+           process) and with --wait-teardown; QEMU 10 with qboot, with qboot and
+           `-run-with async-teardown=on`, with SeaBIOS; QEMU 7.2 (--qemu72) with its qboot,
+           with and without `-async-teardown`.          goal: >= 10x QEMU 10's best
   serial   flood-pvh.elf writes 65536 bytes to COM1 (one OUT each); output read through a pipe
            and checked; bytes/s = 65536 / (flood time - reset time).     goal: minivmm >= QEMU
   memory   echo.elf (waits for a line) with --mem 256: /proc/PID/status and smaps sampled after
@@ -17,6 +20,15 @@ Benchmarks (each several runs, medians; QEMU runs with -enable-kvm -M pc):
            on both: stepi/s, hbreak round trips/s, `dump binary memory` of 16 MiB, register
            reads/s; Ctrl-C-to-stop latency through GDB/MI on echo.elf.
            goals: stepi and round trips >= 1.5x QEMU, memory >= 4x QEMU, Ctrl-C <= QEMU
+           (this memory row reads a 32-bit guest's mostly-zero memory: see memread)
+  memread  memory reads of real data as kernel developers do them: memread.elf (long mode,
+           its own page tables) fills 16 MiB with an LCG; GDB `dump binary memory` and LLDB
+           `memory read --binary --force` read it, and 16 MiB of zeros after it, at Linux's
+           direct-map addresses (0xffff888001000000), under minivmm, QEMU 10 and QEMU 7.2,
+           every read checked byte for byte. The ceiling: the same clients against a
+           stand-in stub (scripts/bench/standin_stub.py) that answers from a prebuilt buffer,
+           no VM behind it (hex `m`; for LLDB binary `x` too).
+           goals: GDB at its ceiling, LLDB >= 4x QEMU 10
   linux    Debian's stock cloud kernel (scripts/fetch-linux.sh) with the test initramfs, 2 vCPUs,
            512 MiB, the same command line on both: seconds from start to the kernel's banner
            and to the initramfs marker line (once each: minutes on an emulating host). Where
@@ -54,6 +66,7 @@ QBOOT_CANDIDATES = [
     "/usr/share/qboot/bios.bin",
     "/usr/share/qemu-kvm/qboot.rom",
 ]
+QEMU72_DIR = Path.home() / ".cache/minivmm/hwkvm/qemu-7.2"
 QEMU_INSTALL_HINT = "apt-get install -y qemu-system-x86   (Debian/Ubuntu; qboot.rom is in qemu-system-data)"
 
 FLOOD_BYTES = 65536
@@ -115,7 +128,7 @@ def _drain(stream, sink: list):
         pass
 
 
-def run_timed(cmd, timeout: float, stdin_data: bytes | None = None) -> Run:
+def run_timed(cmd, timeout: float, stdin_data: bytes | None = None, env: dict | None = None) -> Run:
     """Runs cmd to its end with stdout/stderr on pipes that we read; returns the wall time from
     just before fork to the process's exit (wait4), with its peak RSS."""
     out: list[bytes] = []
@@ -126,6 +139,7 @@ def run_timed(cmd, timeout: float, stdin_data: bytes | None = None) -> Run:
         stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env=env,
     )
     readers = [
         threading.Thread(target=_drain, args=(p.stdout, out), daemon=True),
@@ -208,8 +222,17 @@ class Row:
 
 
 @dataclass
+class SideTable:
+    """A table of its own below the main one: one row per variant or measurement."""
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
 class Results:
     rows: list[Row] = field(default_factory=list)
+    tables: list[SideTable] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     raw: dict = field(default_factory=dict)
 
@@ -249,6 +272,8 @@ def print_table(res: Results):
     print(show(["-" * w for w in widths]))
     for l in lines:
         print(show(l))
+    for t in res.tables:
+        print_side_table(t)
     print()
     print("ratio: how many times better minivmm is than QEMU+qboot (>1 = minivmm better).")
     for r in res.rows:
@@ -256,6 +281,20 @@ def print_table(res: Results):
             print(f"  {r.name.strip()}: {r.note}")
     for n in res.notes:
         print("note: " + n)
+
+
+def print_side_table(t: SideTable):
+    head = [""] + t.columns
+    widths = [max(len(str(r[i])) for r in t.rows + [head]) for i in range(len(head))]
+    def show(cols):
+        return "  ".join(str(c).ljust(widths[i]) if i == 0 else str(c).rjust(widths[i])
+                         for i, c in enumerate(cols)).rstrip()
+    print()
+    print(t.title)
+    print(show(head))
+    print(show(["-" * w for w in widths]))
+    for r in t.rows:
+        print(show(r))
 
 
 def ratio_at_least(x):
@@ -280,9 +319,14 @@ class Env:
     qboot: str | None
     qemu_kvm_ok: bool
     gdb: str | None
+    lldb: str | None
     quick: bool
     machine: str
     tmp: Path
+    # QEMU 7.2 unpacked beside the installed one (scripts/hwkvm/setup): binary, share dir.
+    qemu72: str | None = None
+    qemu72_share: str | None = None
+    qemu72_ok: bool = False
 
     def guest(self, name: str) -> Path:
         return self.guests / name
@@ -299,6 +343,16 @@ class Env:
         if firmware == "qboot":
             cmd += ["-bios", self.qboot]
         return cmd + list(extra)
+
+    def qemu72_cmd(self, kernel, mem_mib: int = 256, *extra):
+        """QEMU 7.2 with its own firmware directory and its own qboot (it must not load the
+        installed QEMU's modules: -nodefaults, -L)."""
+        return [
+            self.qemu72, "-L", self.qemu72_share, "-enable-kvm", "-M", self.machine,
+            "-m", str(mem_mib), "-kernel", kernel, "-display", "none", "-nodefaults",
+            "-no-user-config", "-no-reboot", "-serial", "stdio", "-monitor", "none",
+            "-bios", str(Path(self.qemu72_share) / "qboot.rom"), *extra,
+        ]
 
 
 def find_qboot():
@@ -351,38 +405,67 @@ def check_qemu(env: Env, res: Results):
         res.notes.append(f"qemu-system-x86_64 -enable-kvm failed here: {why}")
     else:
         env.qemu_kvm_ok = True
+    if env.qemu72 and env.qemu72_share:
+        ver = subprocess.run([env.qemu72, "--version"], capture_output=True, text=True).stdout.splitlines()
+        r = run_timed(env.qemu72_cmd(env.guest("reset-pvh.elf")), timeout=60)
+        env.qemu72_ok = r.rc == 0
+        res.notes.append(f"QEMU 7.2: {ver[0] if ver else '?'} ({env.qemu72}, -L {env.qemu72_share}, "
+                         "its own qboot)" + ("" if env.qemu72_ok else f": does not run here (exit {r.rc})"))
+    else:
+        res.notes.append("QEMU 7.2 not found (--qemu72; scripts/hwkvm/setup unpacks it): no 7.2 column")
 
 
 # ----------------------------------------------------------------------------------------------
 # 1. Start-up
 
 def bench_startup(env: Env, res: Results) -> dict:
-    n_m, n_q, n_s = (5, 3, 1) if env.quick else (15, 10, 3)
-    def series(cmd, n):
-        times = []
-        for _ in range(n):
-            r = run_timed(cmd, timeout=120)
-            if r.rc != 0:
-                raise RuntimeError(f"{cmd[0]} exited {r.rc}: {r.err.decode(errors='replace')[-300:]}")
-            times.append(r.seconds)
-        return times
-    m = series(env.minivmm_cmd("reset-pvh.elf"), n_m)
-    q = s = None
+    """Every variant once per round, rounds interleaved, so that a busy host weighs on all alike."""
+    rounds = 5 if env.quick else 15
+    kernel = env.guest("reset-pvh.elf")
+    variants = {"minivmm": env.minivmm_cmd("reset-pvh.elf"),
+                "minivmm --wait-teardown": env.minivmm_cmd("reset-pvh.elf", "--wait-teardown")}
     if env.qemu_kvm_ok:
         if env.qboot:
-            q = series(env.qemu_cmd(env.guest("reset-pvh.elf"), "qboot"), n_q)
-        s = series(env.qemu_cmd(env.guest("reset-pvh.elf"), "seabios"), n_s)
-    med = {"minivmm": median(m), "qboot": median(q or []), "seabios": median(s or [])}
-    res.raw["startup_s"] = {"minivmm": m, "qboot": q, "seabios": s}
+            variants["QEMU 10 qboot"] = env.qemu_cmd(kernel, "qboot")
+            variants["QEMU 10 qboot async-teardown"] = env.qemu_cmd(
+                kernel, "qboot", 256, "-run-with", "async-teardown=on")
+        variants["QEMU 10 SeaBIOS"] = env.qemu_cmd(kernel, "seabios")
+    if env.qemu72_ok:
+        variants["QEMU 7.2 qboot"] = env.qemu72_cmd(kernel)
+        variants["QEMU 7.2 qboot -async-teardown"] = env.qemu72_cmd(kernel, 256, "-async-teardown")
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(rounds):
+        for name, cmd in list(variants.items()):
+            r = run_timed(cmd, timeout=120)
+            if r.rc != 0:
+                why = f"{name} exited {r.rc}: {r.err.decode(errors='replace')[-300:]}"
+                if name.startswith("minivmm"):
+                    raise RuntimeError(why)
+                res.notes.append(f"startup: {why} (left out)")
+                del variants[name], times[name]
+                continue
+            times[name].append(r.seconds)
+    med = {k: median(v) for k, v in times.items()}
+    res.raw["startup_s"] = times
+    q10 = [med[k] for k in ("QEMU 10 qboot", "QEMU 10 qboot async-teardown") if k in med]
+    best_q10 = min(q10) if q10 else None
     res.add(Row(
-        "start-up (reset-pvh), ms", "{:.1f}",
+        "start to exit (reset-pvh), ms", "{:.1f}",
         med["minivmm"] * 1e3,
-        med["qboot"] * 1e3 if med["qboot"] else None,
-        med["seabios"] * 1e3 if med["seabios"] else None,
+        best_q10 * 1e3 if best_q10 else None,
+        med["QEMU 10 SeaBIOS"] * 1e3 if "QEMU 10 SeaBIOS" in med else None,
         goal=">= 10x qboot", judge=ratio_at_least(10),
-        note=f"medians of {n_m}/{n_q}/{n_s} runs (minivmm min {min(m)*1e3:.1f} ms)",
+        note=f"medians of {rounds} interleaved rounds; the qboot column is QEMU 10's best "
+             f"(with or without -run-with async-teardown=on); minivmm min {min(times['minivmm'])*1e3:.1f} ms",
     ))
-    return med
+    base = med.get("QEMU 10 qboot")
+    res.tables.append(SideTable(
+        f"start to exit, reset-pvh.elf (256 MiB), ms: medians of {rounds} interleaved rounds",
+        ["median", "min", "max", "QEMU 10 qboot ÷ this"],
+        [[k, f"{med[k]*1e3:.1f}", f"{min(v)*1e3:.1f}", f"{max(v)*1e3:.1f}",
+          f"{base / med[k]:.1f}x" if base else "-"] for k, v in times.items()],
+    ))
+    return {"minivmm": med["minivmm"], "qboot": med.get("QEMU 10 qboot")}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -765,7 +848,7 @@ def bench_gdb(env: Env, res: Results):
                 goal=">= 1.5x QEMU", judge=ratio_at_least(1.5),
                 note=f"hbreak on the per-byte loop, `continue` x{counts['trips']} "
                      "(2 port exits of guest work between hits)"))
-    res.add(Row("gdb memory read, MiB/s", "{:.2f}", dump_mib_s("minivmm"), dump_mib_s("qemu"),
+    res.add(Row("gdb memory read (32-bit, mostly zeros), MiB/s", "{:.2f}", dump_mib_s("minivmm"), dump_mib_s("qemu"),
                 higher_is_better=True, goal=">= 4x QEMU", judge=ratio_at_least(4),
                 note=f"`dump binary memory` of {counts['dump'] // MIB} MiB at 0x100000 "
                      "(paging off: virtual = physical in both)"))
@@ -785,6 +868,191 @@ def bench_gdb(env: Env, res: Results):
     res.add(Row("gdb Ctrl-C to stop, ms", "{:.2f}", m and m * 1e3, q and q * 1e3,
                 goal="<= QEMU", judge=ratio_at_least(1.0),
                 note=f"GDB/MI -exec-interrupt to *stopped, echo.elf spinning on the UART, {rounds} rounds"))
+
+
+# ----------------------------------------------------------------------------------------------
+# 4b. Memory reads of real data, as kernel developers do them
+
+MEMREAD_GDB_SCRIPT = HERE / "bench" / "gdb_memread.py"
+STANDIN_STUB = HERE / "bench" / "standin_stub.py"
+# memread.elf (guests/memread.S): 16 MiB of LCG output at physical 16 MiB, then 16 MiB of
+# zeros, both read through the guest's own page tables at Linux's direct-map addresses.
+MEMREAD_DIRECT_MAP = 0xFFFF888000000000
+MEMREAD_DATA = MEMREAD_DIRECT_MAP + 0x1000000
+MEMREAD_ZEROS = MEMREAD_DIRECT_MAP + 0x2000000
+MEMREAD_SIZE = 0x1000000
+MEMREAD_SEED = 0x9E3779B97F4A7C15
+LCG_MUL, LCG_INC = 6364136223846793005, 1442695040888963407
+
+
+def memread_expected(size: int) -> bytes:
+    """What memread.elf writes: qword n is x(n+1) of the LCG."""
+    import struct
+    x, m = MEMREAD_SEED, (1 << 64) - 1
+    out = bytearray()
+    pack = struct.Struct("<Q").pack
+    for _ in range(size // 8):
+        x = (x * LCG_MUL + LCG_INC) & m
+        out += pack(x)
+    return bytes(out)
+
+
+def memread_vm(env: Env, who: str, port: int) -> subprocess.Popen:
+    """memread.elf under `who`, GDB port open, running until it says it is ready."""
+    if who == "minivmm":
+        cmd = [env.minivmm, "--kernel", env.guest("memread.elf"), "--mem", "64",
+               "--gdb", str(port), "--gdb-no-wait"]
+    elif who == "QEMU 10":
+        cmd = env.qemu_cmd(env.guests / "qemu-pvh" / "memread.elf", "qboot", 64,
+                           "-gdb", f"tcp:127.0.0.1:{port}")
+    else:
+        cmd = env.qemu72_cmd(env.guests / "qemu-pvh" / "memread.elf", 64,
+                             "-gdb", f"tcp:127.0.0.1:{port}")
+    return spawn(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+
+def memread_reads(env: Env, tag: str, zeros: bool) -> list[tuple[str, int, int, Path]]:
+    reads = [("data", MEMREAD_DATA, MEMREAD_DATA + MEMREAD_SIZE, env.tmp / f"{tag}-data.bin")]
+    if zeros:
+        reads.append(("zeros", MEMREAD_ZEROS, MEMREAD_ZEROS + MEMREAD_SIZE, env.tmp / f"{tag}-zeros.bin"))
+    return reads
+
+
+def memread_check(reads, expected: bytes, who: str) -> None:
+    for name, _, _, path in reads:
+        got = path.read_bytes()
+        want = expected if name == "data" else bytes(MEMREAD_SIZE)
+        if got != want:
+            raise RuntimeError(f"{who}: the {name} read differs from what the guest wrote")
+        path.unlink()
+
+
+def memread_gdb(env: Env, port: int, reads) -> dict:
+    outf = env.tmp / "memread-gdb.json"
+    e = dict(os.environ, BENCH_PORT=str(port), BENCH_OUT=str(outf),
+             BENCH_READS=";".join(f"{n}:{a:#x}:{b:#x}:{f}" for n, a, b, f in reads))
+    if outf.exists():
+        outf.unlink()
+    r = run_timed([env.gdb, "-batch", "-nx", "-x", MEMREAD_GDB_SCRIPT], timeout=300, env=e)
+    if not outf.exists():
+        raise RuntimeError(f"gdb wrote no result: {r.err.decode(errors='replace')[-300:]}")
+    out = json.loads(outf.read_text())
+    if "error" in out:
+        raise RuntimeError(f"gdb: {out['error']}")
+    return {n: out[f"{n}_bytes"] / MIB / out[f"{n}_s"] for n, *_ in reads}
+
+
+def memread_lldb(env: Env, port: int, reads) -> dict:
+    """LLDB 14's embedded Python is broken in Debian 12 (no lldb module), so the reads are
+    timed by `platform shell date` around them; the cost of one such command (two in a row)
+    is taken off."""
+    cmd = [env.lldb, "-b", "-o", f"gdb-remote 127.0.0.1:{port}",
+           "-o", "platform shell date +MARK=%s.%N", "-o", "platform shell date +MARK=%s.%N"]
+    for _, a, b, f in reads:
+        cmd += ["-o", f"memory read --binary --force --outfile {f} {a:#x} {b:#x}",
+                "-o", "platform shell date +MARK=%s.%N"]
+    cmd += ["-o", "process detach"]
+    r = run_timed(cmd, timeout=300)
+    marks = [float(x) for x in re.findall(rb"^MARK=([0-9.]+)$", r.out, re.M)]
+    if len(marks) != 2 + len(reads) or b"error:" in r.out + r.err:
+        errors = [l for l in (r.out + r.err).decode(errors="replace").splitlines() if "error:" in l]
+        raise RuntimeError("lldb: " + (errors[0].strip() if errors else f"exit {r.rc}"))
+    cost = marks[1] - marks[0]
+    return {n: MEMREAD_SIZE / MIB / max(marks[2 + i] - marks[1 + i] - cost, 1e-6)
+            for i, (n, *_) in enumerate(reads)}
+
+
+def bench_memread(env: Env, res: Results):
+    if not env.gdb and not env.lldb:
+        res.notes.append("memread: neither gdb nor lldb installed: skipped")
+        return
+    runs = 2 if env.quick else 5
+    peers = ["minivmm"] + (["QEMU 10"] if env.qemu_kvm_ok and env.qboot else []) \
+        + (["QEMU 7.2"] if env.qemu72_ok else [])
+    expected = memread_expected(MEMREAD_SIZE)
+    data_file = env.tmp / "memread-expected.bin"
+    data_file.write_bytes(expected)
+    # All VMs fill their memory at once (seconds where KVM emulates guest code), then halt.
+    vms, ports = {}, {}
+    try:
+        for who in peers:
+            ports[who] = free_port()
+            vms[who] = memread_vm(env, who, ports[who])
+        for who, p in vms.items():
+            got = wait_for_output(p.stdout, b"memread: ready", 600)
+            if b"memread: ready" not in got:
+                raise RuntimeError(f"memread.elf under {who} never got ready: {got[-200:]!r}")
+        clients = [c for c, ok in (("GDB", env.gdb), ("LLDB", env.lldb)) if ok]
+        # (client, data kind) -> column -> rates
+        rates: dict = {}
+        def add(client, col, got):
+            for kind, v in got.items():
+                rates.setdefault((client, kind), {}).setdefault(col, []).append(v)
+        cannot: set = set()  # (client, peer) pairs that failed once: not tried again
+        for _ in range(runs):
+            for who in peers:
+                for client in clients:
+                    if (client, who) in cannot:
+                        continue
+                    reads = memread_reads(env, "vm", zeros=True)
+                    try:
+                        got = (memread_gdb if client == "GDB" else memread_lldb)(env, ports[who], reads)
+                        memread_check(reads, expected, f"{client} on {who}")
+                        add(client, who, got)
+                    except (RuntimeError, OSError) as e:
+                        res.notes.append(f"memread/{client}/{who}: {e}")
+                        cannot.add((client, who))
+            # The ceiling: a stand-in stub with no VM behind it (hex `m` for both clients;
+            # LLDB's binary `x` too, which minivmm may or may not answer).
+            stand_ins = [("GDB", "stand-in hex m", [])] if env.gdb else []
+            if env.lldb:
+                stand_ins += [("LLDB", "stand-in hex m", []), ("LLDB", "stand-in binary x", ["--binary"])]
+            for client, col, flags in stand_ins:
+                port = free_port()
+                stub = spawn([sys.executable, STANDIN_STUB, port, data_file, hex(MEMREAD_DATA), *flags],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                try:
+                    if not wait_listening(port, stub, 60):
+                        raise RuntimeError("the stand-in stub did not listen")
+                    reads = memread_reads(env, "stub", zeros=False)
+                    got = (memread_gdb if client == "GDB" else memread_lldb)(env, port, reads)
+                    memread_check(reads, expected, f"{client} on the stand-in stub")
+                    add(client, col, got)
+                except (RuntimeError, OSError) as e:
+                    res.notes.append(f"memread/{client}/{col}: {e}")
+                finally:
+                    kill_tree(stub)
+    finally:
+        for p in vms.values():
+            kill_tree(p)
+    res.raw["memread_mib_s"] = {f"{c} {k}": v for (c, k), v in rates.items()}
+    cols = peers + ["stand-in hex m", "stand-in binary x"]
+    rows = []
+    for (client, kind), by in rates.items():
+        med = {c: median(by.get(c, [])) for c in cols}
+        q = med.get("QEMU 10")
+        m = med.get("minivmm")
+        rows.append([f"{client} {'16 MiB LCG data' if kind == 'data' else '16 MiB of zeros'}"]
+                    + [fmt(med[c], "{:.1f}") for c in cols]
+                    + [f"{m / q:.2f}x" if m and q else "-"])
+        if kind == "data":
+            res.add(Row(f"{client} memory read, real data, MiB/s", "{:.1f}", m, q,
+                        higher_is_better=True,
+                        goal=">= 4x QEMU" if client == "LLDB" else "client's ceiling",
+                        judge=ratio_at_least(4) if client == "LLDB" else
+                        (lambda r, c=med.get("stand-in hex m"): None if r.minivmm is None or c is None
+                         else r.minivmm >= 0.9 * c),
+                        note=f"memread.elf, long mode, 16 MiB at {MEMREAD_DATA:#x} (direct map); "
+                             f"ceiling (stand-in stub, hex m): {fmt(med.get('stand-in hex m'), '{:.1f}')}"
+                             + (f", binary x: {fmt(med.get('stand-in binary x'), '{:.1f}')}" if client == "LLDB" else "")
+                             + " MiB/s; see the memory-read table"))
+    res.tables.append(SideTable(
+        f"memory reads, MiB/s: memread.elf in long mode, read at the direct map ({MEMREAD_DATA:#x}), "
+        f"medians of {runs}; GDB `dump binary memory`, LLDB `memory read --binary --force`",
+        cols + ["minivmm ÷ QEMU 10"], rows))
+    res.notes.append("memory reads: every dump is checked byte for byte against the guest's LCG "
+                     "(and zeros); the stand-in stub answers from a prebuilt buffer with no VM "
+                     "behind it: the most a client gets from any stub speaking that way")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -902,7 +1170,7 @@ def bench_linux(env: Env, res: Results, full: bool):
 
 # ----------------------------------------------------------------------------------------------
 
-BENCHES = ["startup", "serial", "memory", "gdb", "linux"]
+BENCHES = ["startup", "serial", "memory", "gdb", "memread", "linux"]
 
 
 def main(argv=None) -> int:
@@ -912,6 +1180,10 @@ def main(argv=None) -> int:
     ap.add_argument("--minivmm", required=True, type=Path)
     ap.add_argument("--guests", required=True, type=Path)
     ap.add_argument("--qemu", default=shutil.which("qemu-system-x86_64"))
+    ap.add_argument("--qemu72", default=str(QEMU72_DIR / "usr/bin/qemu-system-x86_64"),
+                    help="QEMU 7.2 to compare with too (default: the one scripts/hwkvm/setup unpacks)")
+    ap.add_argument("--qemu72-share", default=str(QEMU72_DIR / "usr/share/qemu"),
+                    help="its firmware directory (-L)")
     ap.add_argument("--qemu-machine", default="pc",
                     help="QEMU machine type (default pc: it boots PVH with -kernel and has the "
                          "i8042 the guests reset through; microvm has no i8042)")
@@ -942,8 +1214,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="minivmm-bench-") as tmp:
         env = Env(minivmm=args.minivmm.resolve(), guests=args.guests.resolve(),
                   qemu=args.qemu, qboot=find_qboot(), qemu_kvm_ok=False,
-                  gdb=shutil.which("gdb"), quick=args.quick, machine=args.qemu_machine,
-                  tmp=Path(tmp))
+                  gdb=shutil.which("gdb"), lldb=shutil.which("lldb"), quick=args.quick, machine=args.qemu_machine,
+                  tmp=Path(tmp), qemu72=args.qemu72 if args.qemu72 and os.path.exists(args.qemu72) else None,
+                  qemu72_share=args.qemu72_share)
         t_start = time.monotonic()
         try:
             host_notes(env, res)
@@ -961,6 +1234,8 @@ def main(argv=None) -> int:
                         bench_memory(env, res)
                     elif name == "gdb":
                         bench_gdb(env, res)
+                    elif name == "memread":
+                        bench_memread(env, res)
                     elif name == "linux":
                         bench_linux(env, res, args.linux_full)
                 except (RuntimeError, OSError, ValueError, KeyError,

@@ -31,6 +31,7 @@ use crate::devices::{PioBus, PioDevice};
 use crate::gdb::{DebugCaps, GdbError, GdbListener, GdbServer, GdbSetup};
 use crate::loader::{self, BootSpec};
 use crate::memory::{self, GuestMem};
+use crate::teardown::Teardown;
 use crate::terminal::RawTerminal;
 use crate::vcpu::{self, Vcpu, VcpuHandle};
 use crate::vm_control::{DebugChannel, KernelMapWatch, VmEvent};
@@ -56,6 +57,8 @@ pub struct VmConfig {
     pub core: Option<PathBuf>,
     /// End the VM after this much wall time (`--timeout`).
     pub timeout: Option<std::time::Duration>,
+    /// How the VM is let go of at the end: by a keeper process, or waited for here.
+    pub teardown: Teardown,
 }
 
 /// Features such a host advertises in CPUID whatever minivmm asks, but cannot run: Linux must

@@ -9,6 +9,7 @@ pub mod devices;
 pub mod gdb;
 pub mod loader;
 pub mod memory;
+pub mod teardown;
 pub mod terminal;
 pub mod vcpu;
 pub mod vm_control;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use minivmm::teardown::Teardown;
 use minivmm::vmm::{self, Ended, Outcome, VmConfig, status};
 
 /// The command line Linux guests get unless --cmdline says otherwise: the serial console,
@@ -86,6 +87,12 @@ struct Cli {
     /// for CI, where a hung guest must not hold a job until the job's own limit
     #[arg(long, value_name = "SECONDS", value_parser = parse_timeout)]
     timeout: Option<Duration>,
+
+    /// Wait at exit until the host kernel has destroyed the VM (milliseconds to tens of
+    /// milliseconds). By default a short-lived child process, 'minivmm-cleanup', holds the VM
+    /// while the kernel tears it down, and minivmm exits as soon as the guest is done
+    #[arg(long)]
+    wait_teardown: bool,
 }
 
 /// `1234` means 127.0.0.1:1234; `ADDR:PORT` is taken as given.
@@ -149,6 +156,11 @@ fn main() -> ExitCode {
         host_workarounds: !cli.no_host_workarounds,
         core: cli.core,
         timeout: cli.timeout,
+        teardown: if cli.wait_teardown {
+            Teardown::Wait
+        } else {
+            Teardown::Background
+        },
     };
     match vmm::run(&config) {
         Ok(ended) => exit_for(ended),

@@ -13,6 +13,7 @@ pub use crate::builder::{LINUX_EMULATED_HOST_ARGS, VmConfig, VmError};
 use crate::coredump::{CoreError, CoreFile, CoreSummary};
 use crate::gdb::GdbServer;
 use crate::memory::GuestMem;
+use crate::teardown;
 use crate::vcpu::VcpuHandle;
 use crate::vm_control::{
     DebugChannel, VcpuControl, VcpuDebugStatus, VcpuFault, VmEnd, VmEvent, VmRequest, VmResponse,
@@ -176,8 +177,9 @@ pub fn run(config: &VmConfig) -> Result<Ended, VmError> {
     }
     // Everything the guest printed reaches stdout before minivmm exits.
     console.finish();
-    drop(vm_fd);
     drop(terminal);
+    // Last: from here on the host kernel's teardown is all that is left.
+    teardown::release(vm_fd, mem, config.teardown);
     Ok(Ended { outcome, core })
 }
 
