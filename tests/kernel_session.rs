@@ -339,11 +339,12 @@ fn lldb(
     Ok(text)
 }
 
-/// Item 5: LLDB on vmlinux against a running kernel, KASLR on (the slide from `monitor
-/// kaslr`, given to LLDB as `target modules load --slide`): registers with cr0/cr3/efer, a
-/// breakpoint by symbol, bt, every vCPU in `thread list`, memory read, si, `process kill`.
+/// Attaching to a running kernel, KASLR on. A plain `gdb vmlinux` gets backtraces by symbol
+/// from `qOffsets`. Item 5: LLDB on vmlinux (the slide from `monitor kaslr`, given to LLDB as
+/// `target modules load --slide`): registers with cr0/cr3/efer, a breakpoint by symbol, bt,
+/// every vCPU in `thread list`, memory read, si, `process kill`.
 #[test]
-fn lldb_debugs_the_running_kernel() {
+fn plain_gdb_and_lldb_attach_to_the_running_kernel() {
     let Some(kernel) = test_kernel("LLDB on the test kernel") else {
         return;
     };
@@ -378,6 +379,19 @@ fn lldb_debugs_the_running_kernel() {
         );
         host::retrying_after_test_host_triple_fault("the test kernel's boot");
     };
+    // A plain `gdb vmlinux` (no scripts/gdbinit): qOffsets relocates .text, .data and .bss.
+    let (cmd, reader) = gdb_command_on(
+        &vmm,
+        &kernel.join("vmlinux"),
+        &[],
+        &["bt", "info symbol $pc", "p jiffies > 0", "detach"],
+    );
+    let plain = gdb_spawn_command(cmd, reader).finish(SESSION);
+    plain.expect("in section .text");
+    plain.expect("$1 = 1");
+    plain.expect("do_idle () at");
+    plain.expect("start_kernel () at");
+
     let remote = format!("gdb-remote {}", vmm.port);
     let asked = lldb(
         None,

@@ -8,6 +8,7 @@ mod breakpoints;
 mod conn;
 mod memory;
 mod monitor;
+mod offsets;
 mod registers;
 mod resume;
 mod target;

@@ -11,6 +11,7 @@ use gdbstub::target::ext::base::multithread::{MultiThreadBase, MultiThreadResume
 use gdbstub::target::ext::base::single_register_access::SingleRegisterAccessOps;
 use gdbstub::target::ext::breakpoints::BreakpointsOps;
 use gdbstub::target::ext::monitor_cmd::MonitorCmdOps;
+use gdbstub::target::ext::section_offsets::SectionOffsetsOps;
 use gdbstub::target::ext::thread_extra_info::ThreadExtraInfoOps;
 use gdbstub::target::{Target, TargetResult};
 use log::{debug, warn};
@@ -258,6 +259,11 @@ impl Target for GdbTarget {
 
     #[inline(always)]
     fn support_monitor_cmd(&mut self) -> Option<MonitorCmdOps<'_, Self>> {
+        Some(self)
+    }
+
+    #[inline(always)]
+    fn support_section_offsets(&mut self) -> Option<SectionOffsetsOps<'_, Self>> {
         Some(self)
     }
 }
