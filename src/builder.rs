@@ -341,7 +341,12 @@ pub fn build(config: &VmConfig, events: &Sender<VmEvent>) -> Result<Vm, VmError>
     // the guest's size, which fits the host: a device like /dev/zero cannot exhaust it.
     let mem_bytes = config.mem_mib.saturating_mul(1 << 20);
     let images = loader::read_images(&config.kernel, config.initrd.as_deref(), mem_bytes)?;
-    let core = config.core.as_deref().map(CoreFile::create).transpose()?;
+    let core = config
+        .core
+        .as_deref()
+        .map(CoreFile::create)
+        .transpose()?
+        .map(|c| c.for_linux_linked_at(loader::link_text(&images.kernel)));
     let kvm = open_kvm(config)?;
     let gdb_listener = config.gdb.map(GdbListener::bind).transpose()?;
     let (mem, vm, rsdp) = build_vm(&kvm, config.mem_mib, config.cpus as u8)?;

@@ -23,6 +23,7 @@ use crate::arch::coredump::{
     CpuSnapshot, KernelMappings, NT_PRSTATUS, NT_QEMU, VMCOREINFO_MAX, find_vmcoreinfo_in,
     kernel_mappings, prstatus, qemu_cpu_state,
 };
+use crate::arch::kaslr::find_kernel_placement;
 use crate::memory::GuestMem;
 
 /// Why a core file could not be written.
@@ -44,7 +45,17 @@ pub struct CoreFile {
     path: PathBuf,
     partial: PathBuf,
     file: File,
+    /// Where the guest's Linux kernel was linked to put `_text`: the core then carries the
+    /// KASLR slide minivmm measures (see [`MINIVMM_NOTE`]).
+    kernel_link_text: Option<u64>,
 }
+
+/// The name of minivmm's own note: the kernel's placement as minivmm measured it from the
+/// page tables, in VMCOREINFO's words (`KERNELOFFSET=`, hex), for kernels that publish no
+/// VMCOREINFO and as a check on those that do. scripts/gdbinit reads it.
+pub const MINIVMM_NOTE: &str = "MINIVMM";
+/// Its type: "KASL".
+const NT_MINIVMM_KASLR: u32 = u32::from_le_bytes(*b"KASL");
 
 /// What a written core holds, for the line minivmm prints.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +64,8 @@ pub struct CoreSummary {
     pub bytes_of_ram: u64,
     pub cpus: usize,
     pub vmcoreinfo: bool,
+    /// The KASLR slide minivmm measured, when the kernel was Linux on its own page tables.
+    pub kaslr_slide: Option<u64>,
     pub direct_map: Option<u64>,
     /// vCPUs whose registers are their reset state, not what they held when the guest died
     /// (KVM on AMD resets a vCPU at its triple fault).
@@ -72,7 +85,11 @@ impl std::fmt::Display for CoreSummary {
             } else {
                 ""
             }
-        )
+        )?;
+        match self.kaslr_slide {
+            Some(slide) => write!(f, "; kernel KASLR slide {slide:#x}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -312,7 +329,15 @@ impl CoreFile {
             path: path.to_path_buf(),
             partial,
             file,
+            kernel_link_text: None,
         })
+    }
+
+    /// The guest's kernel is Linux, linked with `_text` at `link_text`: the core will say
+    /// where it found the kernel.
+    pub fn for_linux_linked_at(mut self, link_text: Option<u64>) -> Self {
+        self.kernel_link_text = link_text;
+        self
     }
 
     /// The VM ended in a way that wants no core: nothing is left behind.
@@ -366,6 +391,15 @@ impl CoreFile {
         let maps = lead
             .map(|c| kernel_mappings(mem, &c.paging(), ram_end))
             .unwrap_or_default();
+        let placement = lead
+            .zip(self.kernel_link_text)
+            .and_then(|(c, link)| find_kernel_placement(mem, &c.paging(), link));
+        let placement_text = placement.map(|p| {
+            format!(
+                "KERNELOFFSET={:x}\nTEXT={:x}\nPHYS_BASE={:x}\n",
+                p.slide, p.text, p.phys_base
+            )
+        });
 
         let order: Vec<usize> = std::iter::once(first)
             .chain((0..cpus.len()).filter(|&i| i != first))
@@ -392,6 +426,13 @@ impl CoreFile {
                     name: "QEMU",
                     kind: NT_QEMU,
                     desc: q,
+                });
+            }
+            if let Some(text) = &placement_text {
+                notes.push(Note {
+                    name: MINIVMM_NOTE,
+                    kind: NT_MINIVMM_KASLR,
+                    desc: text.as_bytes(),
                 });
             }
             if let Some(info) = vmcoreinfo {
@@ -492,6 +533,7 @@ impl CoreFile {
             bytes_of_ram: regions.iter().map(|&(_, l)| l).sum(),
             cpus: cpus.len(),
             vmcoreinfo: vmcoreinfo.is_some(),
+            kaslr_slide: placement.map(|p| p.slide),
             direct_map: maps.direct_map,
             reset_cpus: cpus
                 .iter()
@@ -602,6 +644,46 @@ mod tests {
         let p = layout(&[(0, 0x100_0000)], 10, &KernelMappings::default());
         assert_eq!(p[1].vaddr, 0);
         assert_eq!(p.len(), 2);
+    }
+
+    #[test]
+    fn a_linux_core_carries_the_slide_minivmm_measured() {
+        let dir = std::env::temp_dir().join(format!("minivmm-core-kaslr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vm.core");
+        let mem: GuestMem =
+            vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        // The kernel's window: PML4[511] -> PDPT[510] -> PD[224], _text at 0xffffffff9c000000.
+        mem.write_obj(0x2003u64, GuestAddress(0x1000 + 511 * 8))
+            .unwrap();
+        mem.write_obj(0x3003u64, GuestAddress(0x2000 + 510 * 8))
+            .unwrap();
+        mem.write_obj(0x20_0083u64, GuestAddress(0x3000 + 224 * 8))
+            .unwrap();
+        let mut cpu = CpuSnapshot::default();
+        cpu.sregs.cr0 = 1 << 31;
+        cpu.sregs.cr3 = 0x1000;
+        cpu.sregs.cr4 = 1 << 5;
+        cpu.sregs.efer = (1 << 8) | (1 << 10);
+        let core = CoreFile::create(&path)
+            .unwrap()
+            .for_linux_linked_at(Some(0xffff_ffff_8100_0000));
+        let s = core.write(&mem, &[cpu], 0).unwrap();
+        assert_eq!(s.kaslr_slide, Some(0x1b00_0000));
+        assert!(
+            s.to_string().ends_with("; kernel KASLR slide 0x1b000000"),
+            "{s}"
+        );
+        let bytes = std::fs::read(&path).unwrap();
+        let note = b"MINIVMM\0KERNELOFFSET=1b000000\nTEXT=ffffffff9c000000\n";
+        assert!(
+            bytes.windows(note.len()).any(|w| w == note),
+            "minivmm's note in the core"
+        );
+        // Not Linux (no link address): no such note.
+        let core = CoreFile::create(&path).unwrap();
+        assert_eq!(core.write(&mem, &[cpu], 0).unwrap().kaslr_slide, None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

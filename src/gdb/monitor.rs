@@ -205,7 +205,9 @@ impl GdbTarget {
         path: &std::path::Path,
         out: &mut ConsoleOutput<'_>,
     ) -> Result<CoreSummary, String> {
-        let core = CoreFile::create(path).map_err(|e| e.to_string())?;
+        let core = CoreFile::create(path)
+            .map_err(|e| e.to_string())?
+            .for_linux_linked_at(self.kernel_map_watch.as_ref().map(|w| w.link_text));
         let mut cpus = Vec::with_capacity(self.vcpus.len());
         for cpu in 0..self.vcpus.len() {
             match self.vcpu_request(cpu, VcpuDebug::Snapshot) {
