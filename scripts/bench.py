@@ -29,6 +29,9 @@ Benchmarks (each several runs, medians; QEMU runs with -enable-kvm -M pc -nodefa
            stand-in stub (scripts/bench/standin_stub.py) that answers from a prebuilt buffer,
            no VM behind it (hex `m`; for LLDB binary `x` too).
            goals: GDB at its ceiling, LLDB >= 4x QEMU 10
+  core     core files of a 1 GiB guest (echo.elf idle, and 3/4 full with a random initrd):
+           minivmm's `monitor dump` against QEMU 10's dump-guest-memory (QMP) plus fsync;
+           MiB/s and size on disk (scripts/bench/core_bench.py)
   linux    Debian's stock cloud kernel (scripts/fetch-linux.sh) with the test initramfs, 2 vCPUs,
            512 MiB, the same command line on both: seconds from start to the kernel's banner
            and to the initramfs marker line (once each: minutes on an emulating host). Where
@@ -1170,7 +1173,15 @@ def bench_linux(env: Env, res: Results, full: bool):
 
 # ----------------------------------------------------------------------------------------------
 
-BENCHES = ["startup", "serial", "memory", "gdb", "memread", "linux"]
+def bench_core(env, res) -> None:
+    """Core-file writing of a 1 GiB guest against QEMU's dump-guest-memory
+    (scripts/bench/core_bench.py; this file's own name hides the scripts/bench package)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
+    import core_bench
+    core_bench.bench(env, res, Row)
+
+
+BENCHES = ["startup", "serial", "memory", "gdb", "memread", "core", "linux"]
 
 
 def main(argv=None) -> int:
@@ -1236,6 +1247,8 @@ def main(argv=None) -> int:
                         bench_gdb(env, res)
                     elif name == "memread":
                         bench_memread(env, res)
+                    elif name == "core":
+                        bench_core(env, res)
                     elif name == "linux":
                         bench_linux(env, res, args.linux_full)
                 except (RuntimeError, OSError, ValueError, KeyError,
