@@ -17,43 +17,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::Vm;
-use host::{TestHost, not_exercised};
+use host::test_kernel;
 
 const BOOT: Duration = Duration::from_secs(300);
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The test kernel's build directory, or None (said) where these tests cannot run.
-fn test_kernel(what: &str) -> Option<PathBuf> {
-    if !TestHost::current().is_hardware() {
-        not_exercised(&format!("{what} (the test kernel boots in minutes here)"));
-        return None;
-    }
-    match std::env::var_os("MINIVMM_TEST_KERNEL") {
-        Some(dir) => Some(PathBuf::from(dir)),
-        None => {
-            not_exercised(&format!(
-                "{what} (no MINIVMM_TEST_KERNEL: `make test` builds the kernel and sets it)"
-            ));
-            None
-        }
-    }
-}
-
-/// An initramfs with minivmm's /init and busybox, in the temp directory.
-fn initramfs(name: &str) -> PathBuf {
-    let busybox = Command::new(repo().join("scripts/fetch-linux.sh"))
-        .output()
-        .expect("fetch-linux.sh");
-    let linux = PathBuf::from(String::from_utf8_lossy(&busybox.stdout).trim());
-    let out = std::env::temp_dir().join(format!(
-        "minivmm-kernel-{name}-{}.cpio.gz",
-        std::process::id()
-    ));
-    common::build_initramfs(&linux, &out);
-    out
 }
 
 fn gdb_on_core(vmlinux: &Path, core: &Path, cmds: &[&str]) -> String {
@@ -139,7 +108,7 @@ fn sysrq_crash_ends_with_status_7_and_a_core_gdb_and_crash_read_by_symbol() {
     let Some(kernel) = test_kernel("a kernel panic's status and core") else {
         return;
     };
-    let initrd = initramfs("panic");
+    let initrd = common::test_initramfs("panic");
     let dir = std::env::temp_dir().join(format!("minivmm-kernel-core-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let core = dir.join("vm.core");

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use gdb_support::host::{self, TestHost, not_exercised};
+use gdb_support::host::{self, test_kernel};
 use gdb_support::{GdbOutput, Vmm, gdb_command_on, gdb_spawn_command};
 
 /// Boot to the shell, GDB's stops included, on the test host.
@@ -23,37 +23,6 @@ const SESSION: Duration = Duration::from_secs(240);
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The test kernel's build directory, or None (said) where these tests cannot run.
-fn test_kernel(what: &str) -> Option<PathBuf> {
-    if !TestHost::current().is_hardware() {
-        not_exercised(&format!("{what} (the test kernel boots in minutes here)"));
-        return None;
-    }
-    match std::env::var_os("MINIVMM_TEST_KERNEL") {
-        Some(dir) => Some(PathBuf::from(dir)),
-        None => {
-            not_exercised(&format!(
-                "{what} (no MINIVMM_TEST_KERNEL: `make test` builds the kernel and sets it)"
-            ));
-            None
-        }
-    }
-}
-
-/// An initramfs with minivmm's /init and busybox, in the temp directory.
-fn initramfs(name: &str) -> PathBuf {
-    let fetched = Command::new(repo().join("scripts/fetch-linux.sh"))
-        .output()
-        .expect("fetch-linux.sh");
-    let linux = PathBuf::from(String::from_utf8_lossy(&fetched.stdout).trim());
-    let out = std::env::temp_dir().join(format!(
-        "minivmm-session-{name}-{}.cpio.gz",
-        std::process::id()
-    ));
-    common::build_initramfs(&linux, &out);
-    out
 }
 
 /// minivmm on the test kernel, waiting for GDB, logging how stops come about.
@@ -266,7 +235,7 @@ fn the_kernel_gdb_workflow_works_with_kaslr_on() {
     let Some(kernel) = test_kernel("the kernel GDB workflow") else {
         return;
     };
-    let initrd = initramfs("workflow");
+    let initrd = common::test_initramfs("workflow");
     let cmdline = "console=ttyS0 minivmm.shell";
     let mut attempt = 0;
     let (vmm, out) = loop {
@@ -438,7 +407,7 @@ fn plain_gdb_and_lldb_attach_to_the_running_kernel() {
     let Some(kernel) = test_kernel("LLDB on the test kernel") else {
         return;
     };
-    let initrd = initramfs("lldb");
+    let initrd = common::test_initramfs("lldb");
     let mut attempt = 0;
     let mut vmm = loop {
         attempt += 1;

@@ -377,6 +377,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// minivmm's test initramfs with busybox from Debian (scripts/fetch-linux.sh, cached), built
+/// in the temp directory under a name with `name` and this process's id.
+pub fn test_initramfs(name: &str) -> std::path::PathBuf {
+    let fetched = Command::new(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-linux.sh"),
+    )
+    .output()
+    .expect("fetch-linux.sh");
+    let linux = std::path::PathBuf::from(String::from_utf8_lossy(&fetched.stdout).trim());
+    let out = std::env::temp_dir().join(format!(
+        "minivmm-initramfs-{name}-{}.cpio.gz",
+        std::process::id()
+    ));
+    build_initramfs(&linux, &out);
+    out
+}
+
 /// Builds minivmm's test initramfs (its /init and busybox from `linux_dir`, the directory
 /// scripts/fetch-linux.sh prints) at `out`, which should be in the temp directory: the
 /// caches are read-only on the hardware-virtualised test host.

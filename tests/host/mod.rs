@@ -141,3 +141,22 @@ pub fn retrying_after_test_host_stall(what: &str) {
         "TEST HOST FLAKE: {what}: the guest's output stalled for a minute in early boot (the hardware-virtualised test host's unclassified stall, see README); booting once more"
     );
 }
+
+/// The project's test kernel's build directory (`make test` builds it and names it in
+/// MINIVMM_TEST_KERNEL), or None, said, where `what` cannot run: it boots in seconds on a
+/// hardware-virtualised host, in many minutes on an emulating one.
+pub fn test_kernel(what: &str) -> Option<std::path::PathBuf> {
+    if !TestHost::current().is_hardware() {
+        not_exercised(&format!("{what} (the test kernel boots in minutes here)"));
+        return None;
+    }
+    match std::env::var_os("MINIVMM_TEST_KERNEL") {
+        Some(dir) => Some(std::path::PathBuf::from(dir)),
+        None => {
+            not_exercised(&format!(
+                "{what} (no MINIVMM_TEST_KERNEL: `make test` builds the kernel and sets it)"
+            ));
+            None
+        }
+    }
+}
